@@ -1,0 +1,1 @@
+"""The storage engine: plain synchronous data structures, no trio."""

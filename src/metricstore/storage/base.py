@@ -1,0 +1,177 @@
+"""The storage interface that QueryEngine and the REST router run over."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from metricstore.batch import SampleBatch, batch_from_metric_values
+from metricstore.errors import ValidationError
+from metricstore.models import Limits, MetricValue
+from metricstore.storage.results import AGGREGATIONS, Aggregation, SeriesResult
+from metricstore.times import datetime_to_ms, ms_to_datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One sample that was not stored: its position in the batch and why."""
+
+    index: int
+    error: str
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What became of a batch: every sample not rejected was stored."""
+
+    accepted: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+class TimeSeriesStorage(ABC):
+    """A store of series. Every method is async and safe to call from any task.
+
+    Times are ``datetime`` objects (naive ones are local time, as
+    ``datetime.timestamp()`` reads them); a missing bound is open.
+    """
+
+    async def store_metrics(self, metrics: Sequence[MetricValue]) -> IngestResult:
+        """Store samples; invalid ones are rejected one by one, the rest kept.
+
+        Rejections carry each sample's index in ``metrics``.
+        """
+        batch, rejected = batch_from_metric_values(metrics, self.limits)
+        result = await self.ingest_batch(batch)
+        result.rejected.extend(Rejection(index, error) for index, error in rejected)
+        result.rejected.sort(key=lambda rejection: rejection.index)
+        return result
+
+    async def query_metrics(
+        self,
+        metric_name: str,
+        start_time: datetime | None,
+        end_time: datetime | None,
+        labels: dict[str, str] | None = None,
+        aggregation: Aggregation | None = None,
+    ) -> list[MetricValue]:
+        """Return the samples of matching series in ``[start_time, end_time]``.
+
+        With ``aggregation``, return one value per series over the whole
+        range instead, stamped with the time of the newest sample in it.
+        """
+        start_ms = None if start_time is None else datetime_to_ms(start_time)
+        end_ms = None if end_time is None else datetime_to_ms(end_time)
+        if aggregation is None:
+            results = await self.read_series(metric_name, start_ms, end_ms, labels)
+        else:
+            check_aggregation(aggregation)
+            results = await self.read_aggregate(
+                metric_name, start_ms, end_ms, aggregation, labels
+            )
+        return to_metric_values(results)
+
+    @property
+    @abstractmethod
+    def limits(self) -> Limits: ...
+
+    @abstractmethod
+    async def ingest_batch(self, batch: SampleBatch) -> IngestResult:
+        """Store a columnar batch; rejections carry ``batch.positions`` values."""
+
+    @abstractmethod
+    async def get_metric_names(self) -> list[str]: ...
+
+    @abstractmethod
+    async def get_label_keys(self) -> list[str]: ...
+
+    @abstractmethod
+    async def get_label_values(self, label_key: str) -> list[str]: ...
+
+    @abstractmethod
+    async def apply_retention_policy(self) -> None:
+        """Drop, cap and downsample samples by the policy, now."""
+
+    @abstractmethod
+    async def get_storage_stats(self) -> dict[str, Any]: ...
+
+    # The columnar read that QueryEngine and the REST router build on. Times
+    # are epoch milliseconds; both bounds are inclusive.
+
+    @abstractmethod
+    async def read_series(
+        self,
+        metric_name: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        labels: dict[str, str] | None = None,
+    ) -> list[SeriesResult]:
+        """Return matching series with their raw samples, ordered by series key.
+
+        Samples that were rolled up appear as one sample per interval: the
+        interval's average, stamped with the interval's start.
+        """
+
+    @abstractmethod
+    async def read_latest(
+        self, metric_name: str, labels: dict[str, str] | None = None
+    ) -> list[SeriesResult]:
+        """Return the newest sample of each matching series, however old."""
+
+    @abstractmethod
+    async def read_range(
+        self,
+        metric_name: str,
+        start_ms: int,
+        end_ms: int,
+        step_ms: int,
+        aggregation: Aggregation,
+        labels: dict[str, str] | None = None,
+    ) -> list[SeriesResult]:
+        """Aggregate each matching series into buckets ``[t, t + step)``.
+
+        Bucket starts are multiples of ``step_ms`` since the epoch, each point
+        is stamped with its bucket's start, and empty buckets are left out.
+        Only samples in ``[start_ms, end_ms]`` count.
+        """
+
+    @abstractmethod
+    async def read_aggregate(
+        self,
+        metric_name: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        aggregation: Aggregation,
+        labels: dict[str, str] | None = None,
+    ) -> list[SeriesResult]:
+        """Aggregate each matching series over the whole range into one point."""
+
+
+def check_aggregation(aggregation: object) -> Aggregation:
+    if aggregation not in AGGREGATIONS:
+        raise ValidationError(
+            "aggregation", aggregation, f"must be one of {', '.join(AGGREGATIONS)}"
+        )
+    return aggregation  # type: ignore[return-value]
+
+
+def to_metric_values(results: list[SeriesResult]) -> list[MetricValue]:
+    """Flatten series results into MetricValue objects, by series then time."""
+    metrics = []
+    for result in results:
+        labels = result.labels
+        for timestamp, value in zip(
+            result.timestamps.tolist(), result.values.tolist(), strict=True
+        ):
+            metrics.append(
+                MetricValue(
+                    name=result.name,
+                    value=value,
+                    timestamp=ms_to_datetime(timestamp),
+                    labels=dict(labels),
+                    unit=result.unit,
+                )
+            )
+    return metrics
