@@ -1,0 +1,106 @@
+"""The index actor: owns the SeriesIndex (ids, postings, metadata)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from metricstore.actors.messages import (
+    Envelope,
+    Inbox,
+    Message,
+    decode_key,
+    encode_key,
+    int_column,
+    read_ints,
+    reply,
+    unpack,
+)
+from metricstore.actors.routing import shard_for
+from metricstore.errors import ValidationError
+from metricstore.storage.index import SeriesIndex
+
+logger = logging.getLogger("metricstore.actors.index")
+
+
+class IndexActor:
+    """Assigns series ids and shards, and finds series by name and labels.
+
+    Requests: ``resolve`` (series definitions to ids and shards), ``select``,
+    ``metric_names``, ``label_keys``, ``label_values``, ``stats``. Shards send
+    ``activate`` and ``deactivate`` as series gain their first sample or lose
+    their last one; these come through the same FIFO mailbox, so a query
+    sent after an acknowledged write sees its series.
+    """
+
+    def __init__(self, index: SeriesIndex, shard_count: int) -> None:
+        self._index = index
+        self._shard_count = shard_count
+        self._shard_of: list[int] = []
+
+    async def run(self, inbox: Inbox) -> None:
+        logger.debug("index actor started")
+        async with inbox:
+            async for envelope in inbox:
+                await self._handle(envelope)
+        logger.debug("index actor stopped with %d active series", len(self._index))
+
+    async def _handle(self, envelope: Envelope) -> None:
+        message = unpack(envelope.payload)
+        kind = message["type"]
+        if kind == "activate":
+            self._index.activate(read_ints(message["ids"]).tolist())
+        elif kind == "deactivate":
+            self._index.deactivate(read_ints(message["ids"]).tolist())
+        elif kind == "resolve":
+            await reply(envelope, self._resolve(message))
+        elif kind == "select":
+            await reply(envelope, self._select(message))
+        elif kind == "metric_names":
+            await reply(envelope, {"values": self._index.metric_names()})
+        elif kind == "label_keys":
+            await reply(envelope, {"values": self._index.label_keys()})
+        elif kind == "label_values":
+            await reply(envelope, {"values": self._index.label_values(message["key"])})
+        elif kind == "stats":
+            await reply(
+                envelope,
+                {
+                    "series": len(self._index),
+                    "series_ids": self._index.total_ids,
+                    "metric_names": len(self._index.metric_names()),
+                },
+            )
+        else:
+            logger.error("index actor got an unknown message type %r", kind)
+            await reply(envelope, {"error": f"unknown message type {kind!r}"})
+
+    def _resolve(self, message: Message) -> Message:
+        definitions = message["series"]
+        ids = np.full(len(definitions), -1, dtype=np.int64)
+        shards = np.full(len(definitions), -1, dtype=np.int64)
+        errors = []
+        for slot, encoded in enumerate(definitions):
+            key, unit = decode_key(encoded)
+            try:
+                series_id, created = self._index.resolve(key, unit)
+            except ValidationError as error:
+                errors.append([slot, str(error)])
+                continue
+            if created:
+                self._shard_of.append(shard_for(key, self._shard_count))
+            ids[slot] = series_id
+            shards[slot] = self._shard_of[series_id]
+        return {"ids": int_column(ids), "shards": int_column(shards), "errors": errors}
+
+    def _select(self, message: Message) -> Message:
+        ordered = self._index.select(message["name"], message.get("labels"))
+        keys = self._index.keys
+        units = self._index.units
+        shards = np.array([self._shard_of[i] for i in ordered.tolist()], dtype=np.int64)
+        return {
+            "ids": int_column(ordered),
+            "shards": int_column(shards),
+            "series": [encode_key(keys[i], units[i]) for i in ordered.tolist()],
+        }

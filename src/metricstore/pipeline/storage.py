@@ -1,0 +1,234 @@
+"""ActorTimeSeriesStorage: the TimeSeriesStorage interface over the actor pipeline."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from metricstore.actors.messages import (
+    Mailbox,
+    Message,
+    decode_key,
+    encode_key,
+    float_column,
+    int_column,
+    read_floats,
+    read_ints,
+    send_request,
+)
+from metricstore.batch import SampleBatch, SeriesDefinition
+from metricstore.errors import MetricstoreError
+from metricstore.models import Limits, RetentionPolicy
+from metricstore.storage.base import (
+    IngestResult,
+    Rejection,
+    TimeSeriesStorage,
+    check_aggregation,
+)
+from metricstore.storage.results import Aggregation, SeriesResult
+from metricstore.storage.shard import MAX_TIME
+
+
+class ActorTimeSeriesStorage(TimeSeriesStorage):
+    """Turns storage calls into messages to the pipeline's actors.
+
+    Only ``open_pipeline`` builds one. A write waits at most
+    ``busy_timeout_s`` for the ingest actor to take it, then raises
+    StorageBusyError; after shutdown every call raises StorageClosedError.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: RetentionPolicy,
+        limits: Limits,
+        ingest: Mailbox,
+        query: Mailbox,
+        index: Mailbox,
+        retention: Mailbox,
+        busy_timeout_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self._limits = limits
+        self._ingest = ingest
+        self._query = query
+        self._index = index
+        self._retention = retention
+        self._busy_timeout_s = busy_timeout_s
+        self._clock = clock
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    async def aclose(self) -> None:
+        for mailbox in (self._ingest, self._query, self._index, self._retention):
+            await mailbox.aclose()
+
+    # -- writes --------------------------------------------------------------
+
+    async def ingest_batch(self, batch: SampleBatch) -> IngestResult:
+        message = {
+            "type": "ingest",
+            "series": [encode_key(d.key, d.unit) for d in batch.series],
+            "series_index": int_column(batch.series_index),
+            "timestamps": int_column(batch.timestamps),
+            "values": float_column(batch.values),
+            "positions": int_column(batch.positions),
+        }
+        return await self._send_ingest(message)
+
+    async def resolve_series(
+        self, definitions: list[SeriesDefinition]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], dict[int, str]]:
+        """Return the ids and shards of series, and an error for each one rejected.
+
+        The ids stay valid for the life of the server, so a client connection
+        can cache them and send ``ingest_resolved`` batches without labels.
+        Rejected series have id -1.
+        """
+        answer = await self._call(
+            self._index,
+            {"type": "resolve", "series": [encode_key(d.key, d.unit) for d in definitions]},
+        )
+        errors = {int(slot): str(error) for slot, error in answer["errors"]}
+        return read_ints(answer["ids"]), read_ints(answer["shards"]), errors
+
+    async def ingest_resolved(
+        self,
+        ids: npt.NDArray[np.int64],
+        shards: npt.NDArray[np.int64],
+        timestamps: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        positions: npt.NDArray[np.int64],
+    ) -> IngestResult:
+        """Store samples of series resolved earlier by ``resolve_series``."""
+        message = {
+            "type": "ingest",
+            "ids": int_column(ids),
+            "shards": int_column(shards),
+            "timestamps": int_column(timestamps),
+            "values": float_column(values),
+            "positions": int_column(positions),
+        }
+        return await self._send_ingest(message)
+
+    async def _send_ingest(self, message: Message) -> IngestResult:
+        answer = await self._call(self._ingest, message, send_timeout=self._busy_timeout_s)
+        return IngestResult(
+            accepted=answer["accepted"],
+            rejected=[Rejection(int(index), str(error)) for index, error in answer["rejected"]],
+        )
+
+    async def _call(
+        self, mailbox: Mailbox, message: Message, *, send_timeout: float = math.inf
+    ) -> Message:
+        answer = await send_request(mailbox, message, send_timeout=send_timeout)
+        if "error" in answer:
+            raise MetricstoreError(answer["error"])
+        return answer
+
+    # -- reads ---------------------------------------------------------------
+
+    def _window(self, start_ms: int | None, end_ms: int | None) -> tuple[int, int]:
+        floor = round(self._clock() * 1000) - self.policy.retention_ms
+        start = floor if start_ms is None else max(start_ms, floor)
+        return start, MAX_TIME if end_ms is None else end_ms
+
+    async def _read(self, message: Message) -> list[SeriesResult]:
+        answer = await self._call(self._query, message)
+        counts = read_ints(answer["counts"])
+        timestamps = read_ints(answer["timestamps"])
+        values = read_floats(answer["values"])
+        ends = np.cumsum(counts).tolist()
+        results = []
+        start = 0
+        for encoded, end in zip(answer["series"], ends, strict=True):
+            if end > start:
+                key, unit = decode_key(encoded)
+                results.append(SeriesResult(key, unit, timestamps[start:end], values[start:end]))
+            start = end
+        return results
+
+    async def read_series(
+        self,
+        metric_name: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        labels: dict[str, str] | None = None,
+    ) -> list[SeriesResult]:
+        start, end = self._window(start_ms, end_ms)
+        return await self._read(
+            {"type": "read_raw", "name": metric_name, "labels": labels,
+             "start_ms": start, "end_ms": end}
+        )
+
+    async def read_latest(
+        self, metric_name: str, labels: dict[str, str] | None = None
+    ) -> list[SeriesResult]:
+        floor, _ = self._window(None, None)
+        return await self._read(
+            {"type": "read_latest", "name": metric_name, "labels": labels, "floor_ms": floor}
+        )
+
+    async def read_range(
+        self,
+        metric_name: str,
+        start_ms: int,
+        end_ms: int,
+        step_ms: int,
+        aggregation: Aggregation,
+        labels: dict[str, str] | None = None,
+    ) -> list[SeriesResult]:
+        check_aggregation(aggregation)
+        start, end = self._window(start_ms, end_ms)
+        return await self._read(
+            {"type": "read_range", "name": metric_name, "labels": labels, "start_ms": start,
+             "end_ms": end, "step_ms": step_ms, "aggregation": aggregation}
+        )
+
+    async def read_aggregate(
+        self,
+        metric_name: str,
+        start_ms: int | None,
+        end_ms: int | None,
+        aggregation: Aggregation,
+        labels: dict[str, str] | None = None,
+    ) -> list[SeriesResult]:
+        check_aggregation(aggregation)
+        start, end = self._window(start_ms, end_ms)
+        return await self._read(
+            {"type": "read_aggregate", "name": metric_name, "labels": labels, "start_ms": start,
+             "end_ms": end, "aggregation": aggregation}
+        )
+
+    # -- metadata and maintenance ----------------------------------------------
+
+    async def get_metric_names(self) -> list[str]:
+        return list((await self._call(self._query, {"type": "metric_names"}))["values"])
+
+    async def get_label_keys(self) -> list[str]:
+        return list((await self._call(self._query, {"type": "label_keys"}))["values"])
+
+    async def get_label_values(self, label_key: str) -> list[str]:
+        answer = await self._call(self._query, {"type": "label_values", "key": label_key})
+        return list(answer["values"])
+
+    async def apply_retention_policy(self) -> None:
+        await self._call(self._retention, {"type": "retain"})
+
+    async def cut_heads(self) -> None:
+        """Turn every shard's head into a block now (for benchmarks and tests)."""
+        await self._call(self._query, {"type": "cut_head"})
+
+    async def get_storage_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {"storage": "memory", "policy": self.policy.to_dict()}
+        stats.update(await self._call(self._query, {"type": "stats"}))
+        stats["shards"] = len(stats["per_shard"])
+        return stats

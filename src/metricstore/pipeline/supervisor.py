@@ -1,0 +1,111 @@
+"""The supervisor: opens the channels, starts the actors, shuts them down in order."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from metricstore.actors.index import IndexActor
+from metricstore.actors.ingest import IngestActor
+from metricstore.actors.messages import Envelope, Inbox, Mailbox
+from metricstore.actors.query import QueryActor
+from metricstore.actors.retention import RetentionActor
+from metricstore.actors.shard import ShardActor
+from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy
+from metricstore.pipeline.storage import ActorTimeSeriesStorage
+from metricstore.storage.index import SeriesIndex
+from metricstore.storage.shard import DEFAULT_HEAD_CAPACITY, ShardStore
+
+logger = logging.getLogger("metricstore.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    policy: RetentionPolicy
+    limits: Limits = DEFAULT_LIMITS
+    shards: int = 2
+    # Messages each actor's mailbox holds before senders wait.
+    mailbox_size: int = 64
+    # How long a write waits for room in the ingest mailbox before the
+    # client is told to retry.
+    busy_timeout_s: float = 5.0
+    retention_interval_s: float = 10.0
+    head_capacity: int = DEFAULT_HEAD_CAPACITY
+    clock: Callable[[], float] = field(default=time.time)
+
+
+def _mailbox(size: int) -> tuple[Mailbox, Inbox]:
+    return trio.open_memory_channel[Envelope](size)
+
+
+@asynccontextmanager
+async def open_pipeline(config: PipelineConfig) -> AsyncIterator[ActorTimeSeriesStorage]:
+    """Run the actors for the duration of the block; yield the storage facade.
+
+    On exit the facade stops taking requests, then each actor drains its
+    mailbox and stops once every sender to it has closed: ingest, query and
+    retention first, then the shards, then the index. Every request that
+    was accepted before exit is answered.
+    """
+    if config.shards < 1:
+        raise ValueError(f"shards must be at least 1, not {config.shards}")
+    size = config.mailbox_size
+    index_mailbox, index_inbox = _mailbox(size)
+    shard_channels = [_mailbox(size) for _ in range(config.shards)]
+    ingest_mailbox, ingest_inbox = _mailbox(size)
+    query_mailbox, query_inbox = _mailbox(size)
+    retention_mailbox, retention_inbox = _mailbox(size)
+
+    # Each sender owns its own clone of a mailbox and closes it when done,
+    # so a channel ends exactly when its last sender is finished.
+    def shard_clones() -> list[Mailbox]:
+        return [mailbox.clone() for mailbox, _ in shard_channels]
+
+    index = IndexActor(SeriesIndex(config.limits), config.shards)
+    shards = [
+        ShardActor(
+            shard_id,
+            ShardStore(config.policy, config.limits, head_capacity=config.head_capacity),
+            index_mailbox.clone(),
+        )
+        for shard_id in range(config.shards)
+    ]
+    ingest = IngestActor(index_mailbox.clone(), shard_clones(), config.clock)
+    query = QueryActor(index_mailbox.clone(), shard_clones())
+    retention = RetentionActor(shard_clones(), config.retention_interval_s, config.clock)
+    storage = ActorTimeSeriesStorage(
+        policy=config.policy,
+        limits=config.limits,
+        ingest=ingest_mailbox,
+        query=query_mailbox,
+        index=index_mailbox.clone(),
+        retention=retention_mailbox,
+        busy_timeout_s=config.busy_timeout_s,
+        clock=config.clock,
+    )
+    # The originals were only templates for the clones.
+    await index_mailbox.aclose()
+    for mailbox, _ in shard_channels:
+        await mailbox.aclose()
+
+    logger.info(
+        "pipeline starting: %d shards, policy %s", config.shards, config.policy.to_dict()
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(index.run, index_inbox, name="index")
+        for actor, (_, inbox) in zip(shards, shard_channels, strict=True):
+            nursery.start_soon(actor.run, inbox, name=f"shard-{actor.shard_id}")
+        nursery.start_soon(ingest.run, ingest_inbox, name="ingest")
+        nursery.start_soon(query.run, query_inbox, name="query")
+        nursery.start_soon(retention.run, retention_inbox, name="retention")
+        try:
+            yield storage
+        finally:
+            await storage.aclose()
+            logger.info("pipeline draining")
+    logger.info("pipeline stopped")
