@@ -318,9 +318,12 @@ class _TargetScraper:
         headers = {"X-Prometheus-Scrape-Timeout-Seconds": f"{self.timeout_s:g}"}
         async with self.client.stream("GET", self.target.url, headers=headers) as response:
             if response.status_code != 200:
+                # HTTP/1.1 servers may send no reason phrase (hypercorn does not).
+                reason = response.reason_phrase or httpx.codes.get_reason_phrase(
+                    response.status_code
+                )
                 raise _ScrapeError(
-                    f"server returned HTTP status {response.status_code} "
-                    f"{response.reason_phrase}".rstrip()
+                    f"server returned HTTP status {response.status_code} {reason}".rstrip()
                 )
             content_type = response.headers.get("content-type", "")
             if content_type.lower().startswith(_UNSUPPORTED_CONTENT_TYPES):

@@ -87,12 +87,6 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
     async def resolve_series(
         self, definitions: list[SeriesDefinition]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], dict[int, str]]:
-        """Return the ids and shards of series, and an error for each one rejected.
-
-        The ids stay valid for the life of the server, so a client connection
-        can cache them and send ``ingest_resolved`` batches without labels.
-        Rejected series have id -1.
-        """
         answer = await self._call(
             self._index,
             {"type": "resolve", "series": [encode_key(d.key, d.unit) for d in definitions]},
@@ -108,7 +102,6 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
         values: npt.NDArray[np.float64],
         positions: npt.NDArray[np.int64],
     ) -> IngestResult:
-        """Store samples of series resolved earlier by ``resolve_series``."""
         message = {
             "type": "ingest",
             "ids": int_column(ids),

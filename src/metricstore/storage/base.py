@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from metricstore.batch import SampleBatch, batch_from_metric_values
+import numpy as np
+import numpy.typing as npt
+
+from metricstore.batch import SampleBatch, SeriesDefinition, batch_from_metric_values
 from metricstore.errors import ValidationError
 from metricstore.models import Limits, MetricValue
 from metricstore.storage.results import AGGREGATIONS, Aggregation, SeriesResult
@@ -80,6 +83,28 @@ class TimeSeriesStorage(ABC):
     @abstractmethod
     async def ingest_batch(self, batch: SampleBatch) -> IngestResult:
         """Store a columnar batch; rejections carry ``batch.positions`` values."""
+
+    @abstractmethod
+    async def resolve_series(
+        self, definitions: list[SeriesDefinition]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], dict[int, str]]:
+        """Return the ids and shards of series, and an error per rejected one.
+
+        The ids stay valid for the life of the storage, so a client
+        connection can cache them and send ``ingest_resolved`` batches
+        without names or labels. Rejected series get id -1.
+        """
+
+    @abstractmethod
+    async def ingest_resolved(
+        self,
+        ids: npt.NDArray[np.int64],
+        shards: npt.NDArray[np.int64],
+        timestamps: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        positions: npt.NDArray[np.int64],
+    ) -> IngestResult:
+        """Store samples of series resolved earlier by ``resolve_series``."""
 
     @abstractmethod
     async def get_metric_names(self) -> list[str]: ...

@@ -8,8 +8,9 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from metricstore.batch import SampleBatch
+from metricstore.batch import SampleBatch, SeriesDefinition
 from metricstore.errors import ValidationError
 from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy
 from metricstore.storage.aggregate import aggregate_range, aggregate_whole
@@ -69,33 +70,51 @@ class InMemoryTimeSeriesStorage(TimeSeriesStorage):
         self._index.deactivate(result.emptied)
 
     async def ingest_batch(self, batch: SampleBatch) -> IngestResult:
-        now_ms = self._now_ms()
-        rejected: list[Rejection] = []
-
-        slot_ids = np.empty(len(batch.series), dtype=np.int64)
-        slot_errors: dict[int, str] = {}
-        for slot, definition in enumerate(batch.series):
-            try:
-                slot_ids[slot] = self._index.resolve(definition.key, definition.unit)[0]
-            except ValidationError as error:
-                slot_ids[slot] = -1
-                slot_errors[slot] = str(error)
-
-        series = slot_ids[batch.series_index] if batch.size else batch.series_index
+        ids, _, errors = await self.resolve_series(batch.series)
+        series = ids[batch.series_index] if batch.size else batch.series_index
         known = series >= 0
-        for position, slot in zip(
-            batch.positions[~known].tolist(), batch.series_index[~known].tolist(), strict=True
-        ):
-            rejected.append(Rejection(position, slot_errors[slot]))
+        rejected = [
+            Rejection(position, errors[slot])
+            for position, slot in zip(
+                batch.positions[~known].tolist(), batch.series_index[~known].tolist(), strict=True
+            )
+        ]
+        result = await self.ingest_resolved(
+            series[known],
+            np.zeros(int(known.sum()), dtype=np.int64),
+            batch.timestamps[known],
+            batch.values[known],
+            batch.positions[known],
+        )
+        if rejected:
+            result.rejected.extend(rejected)
+            result.rejected.sort(key=lambda rejection: rejection.index)
+        return result
 
-        positions = batch.positions[known]
-        appended = self._shard.append(
-            series[known], batch.timestamps[known], batch.values[known], now_ms
-        )
-        rejected.extend(
-            Rejection(int(positions[index]), error) for index, error in appended.rejected
-        )
+    async def resolve_series(
+        self, definitions: list[SeriesDefinition]
+    ) -> tuple[SeriesIds, SeriesIds, dict[int, str]]:
+        ids = np.empty(len(definitions), dtype=np.int64)
+        errors: dict[int, str] = {}
+        for slot, definition in enumerate(definitions):
+            try:
+                ids[slot] = self._index.resolve(definition.key, definition.unit)[0]
+            except ValidationError as error:
+                ids[slot] = -1
+                errors[slot] = str(error)
+        return ids, np.zeros(len(definitions), dtype=np.int64), errors
+
+    async def ingest_resolved(
+        self,
+        ids: SeriesIds,
+        shards: SeriesIds,
+        timestamps: SeriesIds,
+        values: npt.NDArray[np.float64],
+        positions: SeriesIds,
+    ) -> IngestResult:
+        appended = self._shard.append(ids, timestamps, values, self._now_ms())
         self._index.activate(appended.revived)
+        rejected = [Rejection(int(positions[index]), error) for index, error in appended.rejected]
         rejected.sort(key=lambda rejection: rejection.index)
         return IngestResult(accepted=appended.accepted, rejected=rejected)
 
