@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -33,8 +33,9 @@ from metricstore.actors.scraper import (
     parse_scrape_target,
     run_scraper,
 )
+from metricstore import InMemoryTimeSeriesStorage
 from metricstore.errors import StorageBusyError, ValidationError
-from metricstore.models import Limits, MetricValue
+from metricstore.models import Limits, MetricValue, RetentionPolicy
 from metricstore.storage.base import IngestResult, Rejection
 
 WALL_SECONDS = 1_700_000_000.0
@@ -192,8 +193,8 @@ def unused_port() -> int:
 @pytest.fixture
 def loopback_clock() -> trio.testing.MockClock:
     # Unlike autojump_clock (threshold 0), this clock jumps only after 50 ms
-    # of real idleness, so it does not skip ahead while loopback I/O or a
-    # DNS worker thread is still in flight and fire timeouts early.
+    # of real idleness. A connection still being set up in the kernel then
+    # cannot let the clock skip to a scrape timeout and fire it early.
     return trio.testing.MockClock(autojump_threshold=0.05)
 
 
@@ -256,6 +257,7 @@ def test_target_display_url_hides_credentials() -> None:
     target = ScrapeTarget("node", "http://user:secret@127.0.0.1:9100/metrics")
 
     assert "secret" not in target.display_url
+    assert "secret" not in repr(target)
     assert target.display_url == "http://127.0.0.1:9100/metrics"
     assert target.instance == "127.0.0.1:9100"
 
@@ -463,15 +465,24 @@ async def test_storage_busy_logged_not_raised(caplog: pytest.LogCaptureFixture) 
     assert "pipeline full" in warnings[0]
 
 
+class NotifyingStorage:
+    """Forwards store_metrics to a storage and signals each stored batch."""
+
+    def __init__(self, storage: InMemoryTimeSeriesStorage) -> None:
+        self.storage = storage
+        self.stored = trio.Event()
+
+    async def store_metrics(self, metrics: list[MetricValue]) -> IngestResult:
+        result = await self.storage.store_metrics(metrics)
+        self.stored.set()
+        return result
+
+
 async def test_scrape_into_memory_storage() -> None:
-    metricstore = pytest.importorskip("metricstore")
-    from datetime import timedelta
-
-    from metricstore.models import RetentionPolicy
-
-    storage = metricstore.InMemoryTimeSeriesStorage(
+    storage = InMemoryTimeSeriesStorage(
         RetentionPolicy("raw", timedelta(days=1)), clock=fixed_clock
     )
+    sink = NotifyingStorage(storage)
     app = Exporter(routes={"/metrics": Reply()})
 
     async with serving(app) as base_url:
@@ -479,10 +490,9 @@ async def test_scrape_into_memory_storage() -> None:
         with trio.fail_after(15):
             async with trio.open_nursery() as nursery:
                 await nursery.start(
-                    partial(run_scraper, [target], 3600.0, storage, clock=fixed_clock)
+                    partial(run_scraper, [target], 3600.0, sink, clock=fixed_clock)
                 )
-                while not await storage.get_metric_names():
-                    await trio.sleep(0.01)
+                await sink.stored.wait()
                 nursery.cancel_scope.cancel()
 
     up = await storage.query_metrics("up", None, None, {"job": "node"})

@@ -226,9 +226,7 @@ class RetentionPolicy:
                 "policy", sorted(unknown), f"unknown keys; expected some of {sorted(_POLICY_KEYS)}"
             )
         if "name" not in data or "retention_period" not in data:
-            raise ValidationError(
-                "policy", sorted(data), "name and retention_period are required"
-            )
+            raise ValidationError("policy", sorted(data), "name and retention_period are required")
         interval = data.get("downsampling_interval")
         after = data.get("downsample_after")
         return cls(

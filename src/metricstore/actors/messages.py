@@ -37,7 +37,8 @@ class Envelope:
 
 
 def pack(message: Message) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
+    packed: bytes = msgpack.packb(message, use_bin_type=True)
+    return packed
 
 
 def unpack(payload: bytes) -> Message:

@@ -38,9 +38,7 @@ class QueryActor:
     each, and the points' ``timestamps`` and ``values`` in that order.
     """
 
-    def __init__(
-        self, index: Mailbox, shards: Sequence[Mailbox], max_concurrent: int = 16
-    ) -> None:
+    def __init__(self, index: Mailbox, shards: Sequence[Mailbox], max_concurrent: int = 16) -> None:
         self._index = index
         self._shards = list(shards)
         self._slots = trio.Semaphore(max_concurrent)
@@ -117,8 +115,14 @@ class QueryActor:
     async def _stats(self) -> Message:
         stats: Message = await send_request(self._index, {"type": "stats"})
         shards = [await send_request(mailbox, {"type": "stats"}) for mailbox in self._shards]
-        for name in ("raw_samples", "head_samples", "rollup_rows", "blocks", "rollup_blocks",
-                     "memory_bytes"):
+        for name in (
+            "raw_samples",
+            "head_samples",
+            "rollup_rows",
+            "blocks",
+            "rollup_blocks",
+            "memory_bytes",
+        ):
             stats[name] = sum(shard[name] for shard in shards)
         oldest = [shard["oldest_ms"] for shard in shards if shard["oldest_ms"] is not None]
         newest = [shard["newest_ms"] for shard in shards if shard["newest_ms"] is not None]

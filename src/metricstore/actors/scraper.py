@@ -35,7 +35,7 @@ ACCEPT_HEADER = "text/plain;version=0.0.4"
 # logged at most once per this many seconds, with a count of the rest.
 LOG_PERIOD_S = 60.0
 
-# Bodies at least this large are parsed in a worker thread, so parsing a big
+# Bodies of at least this many characters are parsed in a worker thread, so parsing a big
 # exposition does not stall every other task. Smaller ones parse inline,
 # which is cheaper than a thread hand-off.
 THREAD_PARSE_MIN_BYTES = 256 * 1024
@@ -78,10 +78,11 @@ class ScrapeTarget:
     """
 
     job: str
-    url: str
+    # Hidden from repr because it may contain a password.
+    url: str = field(repr=False)
     instance: str = field(init=False, compare=False)
     # The URL without user information, safe to log.
-    display_url: str = field(init=False, compare=False, repr=False)
+    display_url: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.job, str) or not self.job:

@@ -25,6 +25,7 @@ from metricstore.storage.shard import ShardStore
 
 logger = logging.getLogger("metricstore.actors.shard")
 
+
 class ShardActor:
     """Serves appends, reads and retention for one ShardStore.
 

@@ -43,9 +43,7 @@ def create_app(
     telemetry = telemetry or Telemetry()
     register_app_error_handlers(app)
     app.register_blueprint(
-        create_metrics_router(
-            engine, telemetry=telemetry, max_response_points=max_response_points
-        )
+        create_metrics_router(engine, telemetry=telemetry, max_response_points=max_response_points)
     )
     app.register_blueprint(create_ingest_blueprint(storage, telemetry))
 

@@ -42,7 +42,9 @@ class QueryParams:
         return None if value is None else parse_duration(value, name)
 
     def window(self, now_ms: int) -> TimeWindow:
-        return resolve_window(self.time("start"), self.time("end"), self.duration("duration"), now_ms)
+        return resolve_window(
+            self.time("start"), self.time("end"), self.duration("duration"), now_ms
+        )
 
     def aggregation(self, default: Aggregation | None) -> Aggregation | None:
         value = self._single("aggregation")

@@ -9,6 +9,7 @@ from quart import Blueprint, Response, request
 
 from metricstore.errors import StorageBusyError, ValidationError
 from metricstore.http.errors import json_response, register_error_handlers
+from metricstore.http.params import QueryParams
 from metricstore.http.wire import (
     DecodeError,
     decode_rows,
@@ -17,7 +18,6 @@ from metricstore.http.wire import (
     loads_json,
     loads_msgpack,
 )
-from metricstore.http.params import QueryParams
 from metricstore.query import DEFAULT_RANGE_MS, QueryEngine, TimeWindow
 from metricstore.storage.base import Rejection
 from metricstore.storage.results import SeriesResult
@@ -140,12 +140,8 @@ def create_metrics_router(
         params = QueryParams(request.args, (*_WINDOW_PARAMS, "aggregation"))
         window = params.window(query_engine.now_ms())
         aggregation = params.aggregation(None)
-        results = await query_engine.read_metrics(
-            metric_name, window, params.labels(), aggregation
-        )
-        return json_response(
-            series_document(metric_name, window, results, aggregation=aggregation)
-        )
+        results = await query_engine.read_metrics(metric_name, window, params.labels(), aggregation)
+        return json_response(series_document(metric_name, window, results, aggregation=aggregation))
 
     @blueprint.get("/<metric_name>/latest")
     async def latest(metric_name: str) -> Response:
@@ -177,4 +173,3 @@ def create_metrics_router(
         )
 
     return blueprint
-

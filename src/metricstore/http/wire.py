@@ -59,9 +59,9 @@ def dumps_json(document: Any) -> str:
     return json.dumps(document, allow_nan=False, separators=(",", ":"))
 
 
-def decode_rows(rows: object, limits: Limits, field: str = "metrics") -> tuple[
-    SampleBatch, list[tuple[int, str]]
-]:
+def decode_rows(
+    rows: object, limits: Limits, field: str = "metrics"
+) -> tuple[SampleBatch, list[tuple[int, str]]]:
     """Validate rows ``{"name", "value", "timestamp", "labels"?, "unit"?}``.
 
     Returns the valid rows as a batch and ``(index, error)`` for the rest.
@@ -105,7 +105,9 @@ def _decode_row(decoder: RowDecoder, position: int, row: object) -> str | None:
         timestamp_ms = parse_time(row["timestamp"], "timestamp")
     except ValidationError as error:
         return str(error)
-    decoder.add(position, row["name"], row.get("labels"), row.get("unit"), parsed_value, timestamp_ms)
+    decoder.add(
+        position, row["name"], row.get("labels"), row.get("unit"), parsed_value, timestamp_ms
+    )
     return None
 
 

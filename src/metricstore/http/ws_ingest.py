@@ -130,10 +130,10 @@ class IngestSession:
             try:
                 client_id, parsed = _parse_definition(definition, self._limits)
             except ValidationError as error:
-                client_id = definition.get("id") if isinstance(definition, dict) else None
-                rejected.append({"index": position, "id": client_id, "error": str(error)})
-                if isinstance(client_id, int):
-                    self._definition_errors[client_id] = str(error)
+                raw_id = definition.get("id") if isinstance(definition, dict) else None
+                rejected.append({"index": position, "id": raw_id, "error": str(error)})
+                if isinstance(raw_id, int):
+                    self._definition_errors[raw_id] = str(error)
                 continue
             valid_ids.append(client_id)
             valid.append(parsed)
@@ -141,9 +141,9 @@ class IngestSession:
             return rejected
 
         series_ids, shards, errors = await self._storage.resolve_series(valid)
-        for slot, error in errors.items():
-            rejected.append({"index": slot, "id": valid_ids[slot], "error": error})
-            self._definition_errors[valid_ids[slot]] = error
+        for slot, reason in errors.items():
+            rejected.append({"index": slot, "id": valid_ids[slot], "error": reason})
+            self._definition_errors[valid_ids[slot]] = reason
         ok = series_ids >= 0
         self._bind(np.array(valid_ids, dtype=np.int64)[ok], series_ids[ok], shards[ok])
         if len(self._client_ids) > self._limits.max_series:
@@ -231,13 +231,15 @@ class IngestSession:
             valid_slot[slot] = False
         in_range = index < len(definitions)
         ok = in_range & valid_slot[np.where(in_range, index, len(definitions))]
-        rejected = []
+        rejected: list[tuple[int, str]] = []
         for position, slot in zip(positions[~ok].tolist(), index[~ok].tolist(), strict=True):
             if slot >= len(definitions):
-                error = f"series_index {slot} is out of range: series has {len(definitions)} entries"
+                reason = (
+                    f"series_index {slot} is out of range: series has {len(definitions)} entries"
+                )
             else:
-                error = f"series {slot} is invalid: {series_errors[slot]}"
-            rejected.append((position, error))
+                reason = f"series {slot} is invalid: {series_errors[slot]}"
+            rejected.append((position, reason))
         batch = SampleBatch(definitions, index[ok], timestamps[ok], values[ok], positions[ok])
         return _merge(await self._storage.ingest_batch(batch), rejected)
 
@@ -268,8 +270,9 @@ def _parse_definition(
 def _read_columns(
     document: dict[str, Any], seq: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    arrays = []
-    for name, dtype in zip(_COLUMNS, (_UINT32, _INT64, _FLOAT64), strict=True):
+    arrays: list[npt.NDArray[Any]] = []
+    dtypes: tuple[np.dtype[Any], ...] = (_UINT32, _INT64, _FLOAT64)
+    for name, dtype in zip(_COLUMNS, dtypes, strict=True):
         data = document.get(name)
         if not isinstance(data, bytes):
             raise FrameError(
@@ -320,7 +323,9 @@ def create_ingest_blueprint(
                 binary = isinstance(frame, bytes)
                 size = len(frame)
                 if size > limits.max_frame_bytes:
-                    reason = f"frame of {size} bytes exceeds max_frame_bytes={limits.max_frame_bytes}"
+                    reason = (
+                        f"frame of {size} bytes exceeds max_frame_bytes={limits.max_frame_bytes}"
+                    )
                     logger.debug("closing ingest connection from %s: %s", peer, reason)
                     await websocket.close(CLOSE_TOO_BIG, reason)
                     return
@@ -372,5 +377,6 @@ def _error(message: str, seq: int | None) -> dict[str, Any]:
 
 def _encode(document: dict[str, Any], binary: bool) -> str | bytes:
     if binary:
-        return msgpack.packb(document, use_bin_type=True)
+        packed: bytes = msgpack.packb(document, use_bin_type=True)
+        return packed
     return dumps_json(document)

@@ -158,8 +158,13 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
     ) -> list[SeriesResult]:
         start, end = self._window(start_ms, end_ms)
         return await self._read(
-            {"type": "read_raw", "name": metric_name, "labels": labels,
-             "start_ms": start, "end_ms": end}
+            {
+                "type": "read_raw",
+                "name": metric_name,
+                "labels": labels,
+                "start_ms": start,
+                "end_ms": end,
+            }
         )
 
     async def read_latest(
@@ -182,8 +187,15 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
         check_aggregation(aggregation)
         start, end = self._window(start_ms, end_ms)
         return await self._read(
-            {"type": "read_range", "name": metric_name, "labels": labels, "start_ms": start,
-             "end_ms": end, "step_ms": step_ms, "aggregation": aggregation}
+            {
+                "type": "read_range",
+                "name": metric_name,
+                "labels": labels,
+                "start_ms": start,
+                "end_ms": end,
+                "step_ms": step_ms,
+                "aggregation": aggregation,
+            }
         )
 
     async def read_aggregate(
@@ -197,8 +209,14 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
         check_aggregation(aggregation)
         start, end = self._window(start_ms, end_ms)
         return await self._read(
-            {"type": "read_aggregate", "name": metric_name, "labels": labels, "start_ms": start,
-             "end_ms": end, "aggregation": aggregation}
+            {
+                "type": "read_aggregate",
+                "name": metric_name,
+                "labels": labels,
+                "start_ms": start,
+                "end_ms": end,
+                "aggregation": aggregation,
+            }
         )
 
     # -- metadata and maintenance ----------------------------------------------

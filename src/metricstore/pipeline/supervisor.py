@@ -93,9 +93,7 @@ async def open_pipeline(config: PipelineConfig) -> AsyncIterator[ActorTimeSeries
     for mailbox, _ in shard_channels:
         await mailbox.aclose()
 
-    logger.info(
-        "pipeline starting: %d shards, policy %s", config.shards, config.policy.to_dict()
-    )
+    logger.info("pipeline starting: %d shards, policy %s", config.shards, config.policy.to_dict())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(index.run, index_inbox, name="index")
         for actor, (_, inbox) in zip(shards, shard_channels, strict=True):

@@ -71,9 +71,7 @@ class TimeSeriesStorage(ABC):
             results = await self.read_series(metric_name, start_ms, end_ms, labels)
         else:
             check_aggregation(aggregation)
-            results = await self.read_aggregate(
-                metric_name, start_ms, end_ms, aggregation, labels
-            )
+            results = await self.read_aggregate(metric_name, start_ms, end_ms, aggregation, labels)
         return to_metric_values(results)
 
     @property

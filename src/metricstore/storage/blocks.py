@@ -95,9 +95,7 @@ class Partials:
     def concatenate(cls, parts: list[Partials]) -> Partials:
         if not parts:
             return cls.empty()
-        return cls(
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in _PARTIAL_FIELDS)
-        )
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in _PARTIAL_FIELDS))
 
     @classmethod
     def empty(cls) -> Partials:
@@ -264,8 +262,8 @@ class RollupBlock:
 
     @property
     def nbytes(self) -> int:
-        fields = (getattr(self.partials, name).nbytes for name in _PARTIAL_FIELDS)
-        return sum(fields) + self.ids.nbytes + self.offsets.nbytes
+        fields = sum(int(getattr(self.partials, name).nbytes) for name in _PARTIAL_FIELDS)
+        return fields + self.ids.nbytes + self.offsets.nbytes
 
     def gather(self, wanted: Int64Array) -> tuple[Int64Array, Int64Array]:
         return gather_series(self.ids, self.offsets, wanted)

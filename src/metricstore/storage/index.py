@@ -116,9 +116,7 @@ class SeriesIndex:
         ordered = self._ordered.get(name)
         if ordered is None:
             members = self._by_name.get(name, set())
-            ordered = np.array(
-                sorted(members, key=self.keys.__getitem__), dtype=np.int64
-            )
+            ordered = np.array(sorted(members, key=self.keys.__getitem__), dtype=np.int64)
             self._ordered[name] = ordered
         if not labels:
             return ordered

@@ -284,7 +284,9 @@ class ShardStore:
             positions, series = block.gather(wanted)
             timestamps = block.timestamps[positions]
             in_range = (timestamps >= start_ms) & (timestamps <= end_ms)
-            pieces.append((series[in_range], timestamps[in_range], block.values[positions][in_range]))
+            pieces.append(
+                (series[in_range], timestamps[in_range], block.values[positions][in_range])
+            )
 
         series, timestamps, values = self._head.view()
         if series.size:
@@ -300,9 +302,7 @@ class ShardStore:
                 continue
             positions, _ = block.gather(wanted)
             part = block.partials.take(positions)
-            parts.append(
-                part.take((part.timestamps >= start_ms) & (part.timestamps <= end_ms))
-            )
+            parts.append(part.take((part.timestamps >= start_ms) & (part.timestamps <= end_ms)))
         return Partials.concatenate(parts)
 
     # -- retention -----------------------------------------------------------
@@ -469,4 +469,3 @@ def _filter_rollup(block: RollupBlock, mask: BoolArray) -> RollupBlock | None:
 def _empty_samples() -> tuple[Int64Array, Int64Array, Float64Array]:
     ints = np.empty(0, dtype=np.int64)
     return ints, ints, np.empty(0, dtype=np.float64)
-

@@ -1,0 +1,5 @@
+import sys
+
+from metricstore.cli import main
+
+sys.exit(main())

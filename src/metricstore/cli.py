@@ -1,0 +1,198 @@
+"""The command line: ``metricstore serve ...`` (also ``python -m metricstore``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+from datetime import timedelta
+
+import trio
+
+from metricstore.actors.scraper import parse_scrape_target
+from metricstore.errors import ValidationError
+from metricstore.models import DEFAULT_LIMITS, RetentionPolicy
+from metricstore.server import DEFAULT_PORT, ServerConfig, run_server
+from metricstore.times import parse_duration
+
+logger = logging.getLogger("metricstore.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metricstore", description="A time-series database for container and host metrics."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="TCP port to listen on (default %(default)s)"
+    )
+    serve.add_argument(
+        "--shards", type=int, default=2, help="number of shard actors (default %(default)s)"
+    )
+    serve.add_argument(
+        "--retention",
+        default="15d",
+        help="how long samples are kept, e.g. 24h, 15d (default %(default)s)",
+    )
+    serve.add_argument(
+        "--downsample",
+        default=None,
+        help="rollup interval for samples older than --downsample-after, e.g. 5m (default off)",
+    )
+    serve.add_argument(
+        "--downsample-after",
+        default="2h",
+        help="age at which raw samples are rolled up (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-points",
+        type=int,
+        default=None,
+        help="raw samples kept per series (default unlimited)",
+    )
+    serve.add_argument(
+        "--scrape",
+        action="append",
+        default=[],
+        metavar="[JOB=]URL",
+        help="Prometheus text-format endpoint to scrape; repeatable (job defaults to 'scrape')",
+    )
+    serve.add_argument(
+        "--scrape-interval",
+        default="15s",
+        help="time between scrapes of a target (default %(default)s)",
+    )
+    serve.add_argument(
+        "--no-self-scrape",
+        action="store_true",
+        help="do not scrape the server's own /-/metrics",
+    )
+    serve.add_argument(
+        "--retention-interval",
+        default="10s",
+        help="time between retention passes (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_LIMITS.max_body_bytes,
+        help="largest POST body in bytes (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=DEFAULT_LIMITS.max_frame_bytes,
+        help="largest WebSocket frame in bytes (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-series",
+        type=int,
+        default=DEFAULT_LIMITS.max_series,
+        help="most series with samples in storage (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-labels",
+        type=int,
+        default=DEFAULT_LIMITS.max_labels_per_series,
+        help="most labels per series (default %(default)s)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="logging level (default %(default)s)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Build the server configuration; raises ValidationError naming the bad option."""
+    downsample = None
+    if args.downsample is not None:
+        downsample = timedelta(milliseconds=parse_duration(args.downsample, "--downsample"))
+    policy = RetentionPolicy(
+        name="default",
+        retention_period=timedelta(milliseconds=parse_duration(args.retention, "--retention")),
+        downsampling_interval=downsample,
+        max_points_per_series=args.max_points,
+        downsample_after=timedelta(
+            milliseconds=parse_duration(args.downsample_after, "--downsample-after")
+        ),
+    )
+    for option, value in (
+        ("--shards", args.shards),
+        ("--max-body-bytes", args.max_body_bytes),
+        ("--max-frame-bytes", args.max_frame_bytes),
+        ("--max-series", args.max_series),
+        ("--max-labels", args.max_labels),
+    ):
+        if value < 1:
+            raise ValidationError(option, value, "must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise ValidationError("--port", args.port, "must be in 0..65535")
+    limits = dataclasses.replace(
+        DEFAULT_LIMITS,
+        max_body_bytes=args.max_body_bytes,
+        max_frame_bytes=args.max_frame_bytes,
+        max_series=args.max_series,
+        max_labels_per_series=args.max_labels,
+    )
+    return ServerConfig(
+        policy=policy,
+        host=args.host,
+        port=args.port,
+        shards=args.shards,
+        limits=limits,
+        scrape_targets=[parse_scrape_target(spec) for spec in args.scrape],
+        scrape_interval_s=parse_duration(args.scrape_interval, "--scrape-interval") / 1000,
+        self_scrape=not args.no_self_scrape,
+        retention_interval_s=parse_duration(args.retention_interval, "--retention-interval") / 1000,
+    )
+
+
+async def serve_until_signalled(config: ServerConfig) -> None:
+    """Run the server until SIGINT or SIGTERM, then shut it down cleanly."""
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def wait_for_signal() -> None:
+                async for signum in signals:
+                    logger.info("received %s, shutting down", signal.Signals(signum).name)
+                    shutdown.set()
+                    return
+
+            nursery.start_soon(wait_for_signal)
+            await run_server(config, shutdown)
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # httpx logs every scrape request at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        config = config_from_args(args)
+    except ValidationError as error:
+        print(f"metricstore: {error}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(serve_until_signalled, config)
+    except OSError as error:
+        logger.error("could not start: %s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
