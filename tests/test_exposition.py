@@ -73,9 +73,9 @@ def test_row_timestamps_are_utc_aware() -> None:
 
 
 def test_counter_without_total_suffix_keeps_name() -> None:
-    # prometheus_client renames such a counter to "<name>_total"; Prometheus
-    # stores it under the exposed name.
-    text = "# TYPE http_requests counter\nhttp_requests{code=\"200\"} 7\n"
+    # prometheus_client renames such a counter to "<name>_total", but
+    # Prometheus stores it under the exposed name.
+    text = '# TYPE http_requests counter\nhttp_requests{code="200"} 7\n'
 
     parsed = parse(text)
 
@@ -259,8 +259,7 @@ def test_invalid_label_name_skipped() -> None:
     assert parsed.skipped == 2
     assert parsed.samples_scraped == 4
     assert parsed.errors == [
-        "bad_label: invalid labels 'dotted.name': "
-        "a label name must match [a-zA-Z_][a-zA-Z0-9_]*",
+        "bad_label: invalid labels 'dotted.name': a label name must match [a-zA-Z_][a-zA-Z0-9_]*",
         "dotted.metric: invalid name 'dotted.metric': "
         "a metric name must match [a-zA-Z_:][a-zA-Z0-9_:]*",
     ]

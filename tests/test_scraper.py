@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 import socket
 import subprocess
@@ -25,15 +26,15 @@ import trio.testing
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from metricstore import InMemoryTimeSeriesStorage
 from metricstore.actors.scraper import (
     ACCEPT_HEADER,
     LOG_PERIOD_S,
-    THREAD_PARSE_MIN_BYTES,
+    THREAD_PARSE_MIN_CHARS,
     ScrapeTarget,
     parse_scrape_target,
     run_scraper,
 )
-from metricstore import InMemoryTimeSeriesStorage
 from metricstore.errors import StorageBusyError, ValidationError
 from metricstore.models import Limits, MetricValue, RetentionPolicy
 from metricstore.storage.base import IngestResult, Rejection
@@ -41,6 +42,7 @@ from metricstore.storage.base import IngestResult, Rejection
 WALL_SECONDS = 1_700_000_000.0
 SCRAPE_TIME = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
 SCRAPER_LOGGER = "metricstore.scraper"
+REPORT_SERIES = ["up", "scrape_duration_seconds", "scrape_samples_scraped"]
 
 NODE_BODY = (
     "# HELP node_load1 1m load average.\n"
@@ -210,7 +212,12 @@ def loopback_clock() -> trio.testing.MockClock:
             "http://127.0.0.1:9100/metrics",
             "127.0.0.1:9100",
         ),
-        ("node=http://127.0.0.1:9100/metrics", "node", "http://127.0.0.1:9100/metrics", "127.0.0.1:9100"),
+        (
+            "node=http://127.0.0.1:9100/metrics",
+            "node",
+            "http://127.0.0.1:9100/metrics",
+            "127.0.0.1:9100",
+        ),
         ("app=http://localhost/metrics", "app", "http://localhost/metrics", "localhost:80"),
         ("https://db.example:8443/m", "scrape", "https://db.example:8443/m", "db.example:8443"),
         ("https://db.example/m", "scrape", "https://db.example/m", "db.example:443"),
@@ -249,7 +256,7 @@ def test_parse_scrape_target_default_job() -> None:
     ],
 )
 def test_parse_scrape_target_invalid(spec: str, message: str) -> None:
-    with pytest.raises(ValidationError, match=message.replace(".", r"\.")):
+    with pytest.raises(ValidationError, match=re.escape(message)):
         parse_scrape_target(spec)
 
 
@@ -268,7 +275,8 @@ async def test_duplicate_targets_rejected() -> None:
         ScrapeTarget("node", "http://127.0.0.1:9100/other"),
     ]
 
-    with pytest.raises(ValidationError, match="already scrapes instance '127.0.0.1:9100'"):
+    message = re.escape("already scrapes instance '127.0.0.1:9100'")
+    with pytest.raises(ValidationError, match=message):
         await run_scraper(targets, 15.0, RecordingSink())
 
 
@@ -333,7 +341,7 @@ async def test_refused_connection_gives_up_zero(caplog: pytest.LogCaptureFixture
 
     batch = await scrape_once(ScrapeTarget("dead", url), sink)
 
-    assert [row.name for row in batch] == ["up", "scrape_duration_seconds", "scrape_samples_scraped"]
+    assert [row.name for row in batch] == REPORT_SERIES
     assert value_of(batch, "up") == 0.0
     assert value_of(batch, "scrape_samples_scraped") == 0.0
     assert batch[0].labels == {"job": "dead", "instance": url.split("/")[2]}
@@ -343,6 +351,7 @@ async def test_refused_connection_gives_up_zero(caplog: pytest.LogCaptureFixture
     assert len(warnings) == 1
     assert url in warnings[0].getMessage()
     assert "ConnectError" in warnings[0].getMessage()
+    assert "(Connection refused)" in warnings[0].getMessage()
     assert "job dead" in warnings[0].getMessage()
 
 
@@ -387,7 +396,7 @@ async def test_unparseable_body_gives_up_zero(caplog: pytest.LogCaptureFixture) 
         batch = await scrape_once(ScrapeTarget("node", f"{base_url}/metrics"), sink)
 
     assert value_of(batch, "up") == 0.0
-    assert [row.name for row in batch] == ["up", "scrape_duration_seconds", "scrape_samples_scraped"]
+    assert [row.name for row in batch] == REPORT_SERIES
     warnings = [r.getMessage() for r in scraper_records(caplog) if r.levelno == logging.WARNING]
     assert "parsing stopped at line 2" in warnings[0]
 
@@ -439,7 +448,7 @@ async def test_invalid_samples_skipped_and_logged(caplog: pytest.LogCaptureFixtu
 async def test_large_body_parsed_in_thread() -> None:
     lines = [f'big_gauge{{shard="{i}"}} {i}\n' for i in range(20_000)]
     body = "# TYPE big_gauge gauge\n" + "".join(lines)
-    assert len(body) >= THREAD_PARSE_MIN_BYTES
+    assert len(body) >= THREAD_PARSE_MIN_CHARS
     app = Exporter(routes={"/metrics": Reply(body=body)})
     sink = RecordingSink()
 
@@ -489,9 +498,7 @@ async def test_scrape_into_memory_storage() -> None:
         target = ScrapeTarget("node", f"{base_url}/metrics")
         with trio.fail_after(15):
             async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    partial(run_scraper, [target], 3600.0, sink, clock=fixed_clock)
-                )
+                await nursery.start(partial(run_scraper, [target], 3600.0, sink, clock=fixed_clock))
                 await sink.stored.wait()
                 nursery.cancel_scope.cancel()
 
@@ -532,9 +539,7 @@ async def test_slow_target_does_not_delay_others(
         with trio.fail_after(1000):
             async with trio.open_nursery() as nursery:
                 await nursery.start(
-                    partial(
-                        run_scraper, [fast, slow], 10.0, sink, timeout_s=4.0, clock=wall_clock
-                    )
+                    partial(run_scraper, [fast, slow], 10.0, sink, timeout_s=4.0, clock=wall_clock)
                 )
                 while len(fast_times) < 4:
                     batch = await sink.next_batch()
@@ -585,10 +590,48 @@ async def test_failure_logs_rate_limited(
     assert messages[1:-1] == [
         f"scrape of {url} (job app) failed: server returned HTTP status 503 Service Unavailable",
         f"scrape of {url} (job app) still failing after 7 attempts: server returned "
-        "HTTP status 503 Service Unavailable; 5 failures since the last report not logged",
+        "HTTP status 503 Service Unavailable (5 failures since the last report not logged)",
         f"scrape of {url} (job app) recovered after 8 failed attempts",
     ]
     assert [r.levelno for r in records[1:-1]] == [logging.WARNING, logging.WARNING, logging.INFO]
+
+
+async def test_flapping_target_logs_rate_limited(
+    loopback_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=SCRAPER_LOGGER)
+
+    def flapping(request_number: int) -> Reply:
+        if request_number % 2 == 1:
+            return Reply(status=500, body="boom\n")
+        return Reply()
+
+    app = Exporter(routes={"/metrics": flapping})
+    sink = RecordingSink()
+
+    async with serving(app) as base_url:
+        url = f"{base_url}/metrics"
+        with trio.fail_after(1000):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(run_scraper, [ScrapeTarget("app", url)], 10.0, sink))
+                # Failures at 0, 20, ..., 120 s and successes at 10, 30, ..., 130 s.
+                ups = [value_of(await sink.next_batch(), "up") for _ in range(14)]
+                nursery.cancel_scope.cancel()
+
+    assert ups == [0.0, 1.0] * 7
+    failed = (
+        f"scrape of {url} (job app) failed: server returned HTTP status 500 Internal Server Error"
+    )
+    recovered = f"scrape of {url} (job app) recovered after 1 failed attempts"
+    messages = [r.getMessage() for r in scraper_records(caplog)][1:-1]
+    assert messages == [
+        failed,
+        recovered,
+        f"{failed} (2 earlier failures not logged)",
+        recovered,
+        f"{failed} (2 earlier failures not logged)",
+        recovered,
+    ]
 
 
 async def test_rejections_counted_not_raised(
@@ -608,9 +651,7 @@ async def test_rejections_counted_not_raised(
         url = f"{base_url}/metrics"
         with trio.fail_after(1000):
             async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    partial(run_scraper, [ScrapeTarget("node", url)], 15.0, sink)
-                )
+                await nursery.start(partial(run_scraper, [ScrapeTarget("node", url)], 15.0, sink))
                 # Scrapes at 0, 15, 30, 45 and 60 s.
                 for _ in range(5):
                     await sink.next_batch()
@@ -625,7 +666,7 @@ async def test_rejections_counted_not_raised(
         logging.WARNING,
     ]
     assert records[0].getMessage() == (
-        f"storage rejected 1 samples from {url} (job node) since the last report; "
+        f"storage rejected 1 samples from {url} (job node) since the last report, "
         "latest: sample is older than the out-of-order window"
     )
     assert records[4].getMessage().startswith(f"storage rejected 4 samples from {url}")

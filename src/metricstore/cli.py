@@ -191,7 +191,21 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         logger.error("could not start: %s", error)
         return 1
+    except BaseExceptionGroup as group:
+        # A bind failure arrives wrapped in the nurseries' exception groups.
+        matched, rest = group.split(OSError)
+        if matched is None or rest is not None:
+            raise
+        logger.error("could not start: %s", _first_leaf(matched))
+        return 1
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 if __name__ == "__main__":

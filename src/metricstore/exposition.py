@@ -1,8 +1,9 @@
 """Convert a Prometheus text exposition (format 0.0.4) into MetricValue rows.
 
-Pure: no I/O and no trio, so the scraper can call it inline or in a worker
-thread. Parsing itself is done by ``prometheus_client.parser``; this module
-maps its output to series the way a Prometheus 2.x server stores a scrape.
+The module is pure, without I/O or trio, so the scraper can call it inline or
+in a worker thread. ``prometheus_client.parser`` does the parsing, and this
+module maps its output to series the way a Prometheus 2.x server stores a
+scrape.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _CREATED_FAMILY_TYPES = frozenset({"counter", "histogram", "summary"})
 # "TYPE" are separate whitespace-split tokens.
 _COUNTER_TYPE_LINE_RE = re.compile(r"^[ \t]*#[ \t]+TYPE[ \t]+(\S+)[ \t]+counter[ \t\r]*$", re.M)
 
-# Longest part of an offending line quoted in an ExpositionError.
+# Maximum number of characters of the offending line quoted in an ExpositionError.
 _MAX_QUOTED_LINE = 200
 
 
@@ -50,7 +51,7 @@ class ExpositionError(MetricstoreError, ValueError):
 class ParsedScrape:
     """The rows of one scrape and the samples left out for failing validation.
 
-    ``errors`` holds at most MAX_EXAMPLE_ERRORS messages, one per skipped
+    ``errors`` contains at most MAX_EXAMPLE_ERRORS messages, one per skipped
     sample, in exposition order.
     """
 
@@ -203,7 +204,7 @@ def _target_labels(exposed: dict[str, str], job: str, instance: str) -> dict[str
 def _sample_time(timestamp: float | Timestamp | None, scrape_ms: int) -> datetime:
     if timestamp is None:
         return ms_to_datetime(scrape_ms)
-    # prometheus_client turns the exposed milliseconds into float seconds;
+    # prometheus_client turns the exposed milliseconds into float seconds, and
     # rounding restores the exact integer for any real epoch time.
     seconds = float(timestamp)
     if not math.isfinite(seconds):

@@ -4,14 +4,15 @@ Each target runs its own loop in one nursery, so a slow or dead target does
 not delay the others. Every scrape stores the target's samples plus the
 per-target series Prometheus adds (``up``, ``scrape_duration_seconds``,
 ``scrape_samples_scraped``), all labelled with ``job`` and ``instance``.
-Failures are logged, never raised: a scraper keeps running whatever its
-targets do.
+Target failures, invalid samples and storage errors (MetricstoreError) are
+logged, not raised, so the scraper keeps running whatever its targets do.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,19 +32,20 @@ logger = logging.getLogger("metricstore.scraper")
 # The classic Prometheus text format, the only one parse_exposition reads.
 ACCEPT_HEADER = "text/plain;version=0.0.4"
 
-# A repeated failure, skipped sample or storage rejection of one target is
-# logged at most once per this many seconds, with a count of the rest.
+# Failures, skipped samples, storage rejections and storage errors of one
+# target are each logged at WARNING at most once per this many seconds, with
+# a count of the ones held back.
 LOG_PERIOD_S = 60.0
 
-# Bodies of at least this many characters are parsed in a worker thread, so parsing a big
-# exposition does not stall every other task. Smaller ones parse inline,
-# which is cheaper than a thread hand-off.
-THREAD_PARSE_MIN_BYTES = 256 * 1024
+# Bodies of at least this many characters are parsed in a worker thread, so
+# parsing a big exposition does not stall every other task. Smaller ones
+# parse inline, which is cheaper than a thread hand-off.
+THREAD_PARSE_MIN_CHARS = 256 * 1024
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
-# Content types that a server may send although the request accepted only
-# the text format; parse_exposition would misread them.
+# Content types that parse_exposition would misread. A server may send them
+# although the request accepts only the text format.
 _UNSUPPORTED_CONTENT_TYPES = ("application/openmetrics-text", "application/vnd.google.protobuf")
 
 
@@ -62,7 +64,7 @@ class IngestResultLike(Protocol):
 
 
 class MetricSink(Protocol):
-    """Where scraped rows go: a TimeSeriesStorage or anything with its store_metrics."""
+    """The destination of scraped rows: a TimeSeriesStorage or any object with its store_metrics."""
 
     async def store_metrics(self, metrics: list[MetricValue]) -> IngestResultLike: ...
 
@@ -112,7 +114,7 @@ def parse_scrape_target(spec: str, default_job: str = "scrape") -> ScrapeTarget:
         text = rest.strip()
         if not job:
             raise ValidationError(
-                "scrape target", spec, "the job before '=' is empty; use JOB=URL or URL"
+                "scrape target", spec, "the job before '=' is empty, expected JOB=URL or URL"
             )
     return ScrapeTarget(job=job, url=text)
 
@@ -124,7 +126,7 @@ def _parse_target_url(text: object) -> httpx.URL:
     try:
         url = httpx.URL(text)
     except httpx.InvalidURL as error:
-        raise ValidationError("scrape target URL", text, f"{error}; {example}") from None
+        raise ValidationError("scrape target URL", text, f"{error}, {example}") from None
     if url.scheme not in _DEFAULT_PORTS:
         raise ValidationError(
             "scrape target URL", text, f"the URL must start with http:// or https://, {example}"
@@ -151,7 +153,8 @@ async def run_scraper(
     ``clock`` returns wall-clock Unix seconds and stamps the samples that
     carry no timestamp of their own; scheduling uses the trio clock.
     ``timeout_s`` bounds each whole scrape and is capped at ``interval_s``,
-    as Prometheus requires. ``limits`` bounds the body size
+    because Prometheus does not allow a timeout longer than the interval
+    either. ``limits`` bounds the body size
     (``max_body_bytes``) and each series. With no targets, this returns
     after ``task_status.started()``. Raises ValidationError for a
     non-positive interval or timeout, or two targets with the same job and
@@ -192,7 +195,7 @@ def _check_unique(targets: Sequence[ScrapeTarget]) -> None:
                 "scrape target",
                 target.display_url,
                 f"job {target.job!r} already scrapes instance {target.instance!r} "
-                f"({seen[key].display_url}); give one of them another job name",
+                f"({seen[key].display_url}), so give one of them another job name",
             )
         seen[key] = target
 
@@ -209,8 +212,36 @@ def _open_client(timeout_s: float, target_count: int) -> httpx.AsyncClient:
     )
 
 
+def _describe_http_error(error: httpx.HTTPError) -> str:
+    """Describe an httpx error with the OS errors behind it, such as "Connection refused".
+
+    httpx 0.29 on anyio reports a failed connect as "all attempts to connect
+    to HOST:PORT failed" and keeps the per-address errors in an
+    ExceptionGroup further down the cause chain.
+    """
+    reasons: list[str] = []
+    cause = error.__cause__ or error.__context__
+    for _ in range(10):
+        if cause is None:
+            break
+        if isinstance(cause, BaseExceptionGroup):
+            leaves = cause.exceptions
+        else:
+            leaves = (cause,)
+        # os.strerror gives "Connection refused" where trio's strerror also
+        # repeats the address.
+        reasons += [
+            os.strerror(leaf.errno) for leaf in leaves if isinstance(leaf, OSError) and leaf.errno
+        ]
+        cause = cause.__cause__ or cause.__context__
+    text = f"{type(error).__name__}: {error}"
+    if reasons:
+        text += f" ({', '.join(dict.fromkeys(reasons))})"
+    return text
+
+
 class _ScrapeError(Exception):
-    """A scrape that produced no samples; the message is logged as the reason."""
+    """A failed scrape, whose message is logged as the reason."""
 
 
 class _LogThrottle:
@@ -230,10 +261,6 @@ class _LogThrottle:
         self._held_back = 0
         self._next_allowed = now + self._period_s
         return held_back
-
-    def reset(self) -> None:
-        self._next_allowed = -math.inf
-        self._held_back = 0
 
 
 class _TargetScraper:
@@ -255,6 +282,7 @@ class _TargetScraper:
         self.clock = clock
         self.limits = limits
         self.consecutive_failures = 0
+        self.failure_reported = False
         self.failure_log = _LogThrottle()
         self.skipped_log = _LogThrottle()
         self.skipped_since_log = 0
@@ -269,12 +297,12 @@ class _TargetScraper:
             next_start += interval_s
             now = trio.current_time()
             if next_start < now:
-                # The scrape or the store overran: skip the missed slots
+                # The scrape or the store overran, so skip the missed slots
                 # instead of scraping back to back.
                 missed = math.floor((now - next_start) / interval_s) + 1
                 next_start += missed * interval_s
                 logger.debug(
-                    "scrape of %s overran its interval; skipped %d slots",
+                    "scrape of %s overran its interval, so %d slots were skipped",
                     self.target.display_url,
                     missed,
                 )
@@ -299,7 +327,6 @@ class _TargetScraper:
         await self._store(rows)
 
     async def _fetch(self) -> str:
-        body = b""
         with trio.move_on_after(self.timeout_s):
             try:
                 body = await self._request()
@@ -308,7 +335,7 @@ class _TargetScraper:
                     f"timed out after {self.timeout_s:g}s ({type(error).__name__})"
                 ) from None
             except httpx.HTTPError as error:
-                raise _ScrapeError(f"{type(error).__name__}: {error}") from None
+                raise _ScrapeError(_describe_http_error(error)) from None
             try:
                 return body.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -319,7 +346,7 @@ class _TargetScraper:
         headers = {"X-Prometheus-Scrape-Timeout-Seconds": f"{self.timeout_s:g}"}
         async with self.client.stream("GET", self.target.url, headers=headers) as response:
             if response.status_code != 200:
-                # HTTP/1.1 servers may send no reason phrase (hypercorn does not).
+                # An HTTP/1.1 server may send an empty reason phrase, as hypercorn does.
                 reason = response.reason_phrase or httpx.codes.get_reason_phrase(
                     response.status_code
                 )
@@ -329,8 +356,8 @@ class _TargetScraper:
             content_type = response.headers.get("content-type", "")
             if content_type.lower().startswith(_UNSUPPORTED_CONTENT_TYPES):
                 raise _ScrapeError(
-                    f"unsupported Content-Type {content_type!r}; only the Prometheus "
-                    f"text format ({ACCEPT_HEADER}) is supported"
+                    f"unsupported Content-Type {content_type!r}, expected the Prometheus "
+                    f"text format ({ACCEPT_HEADER})"
                 )
             # The limit applies after decompression, so a small gzip body
             # cannot expand without bound.
@@ -355,7 +382,7 @@ class _TargetScraper:
             limits=self.limits,
         )
         try:
-            if len(text) >= THREAD_PARSE_MIN_BYTES:
+            if len(text) >= THREAD_PARSE_MIN_CHARS:
                 return await trio.to_thread.run_sync(parse)
             return parse()
         except ExpositionError as error:
@@ -384,11 +411,11 @@ class _TargetScraper:
         try:
             result = await self.storage.store_metrics(rows)
         except MetricstoreError as error:
-            # A busy or closed pipeline loses this scrape; the next one retries.
+            # A busy or closed pipeline loses this scrape, and the next scrape tries again.
             held_back = self.store_error_log.admit(trio.current_time())
             if held_back is not None:
                 logger.warning(
-                    "storing the scrape of %s (job %s) failed: %s; %d similar reports not logged",
+                    "storing the scrape of %s (job %s) failed: %s (%d such failures not logged)",
                     self.target.display_url,
                     self.target.job,
                     error,
@@ -399,20 +426,27 @@ class _TargetScraper:
             self._log_rejected(len(rows), result.rejected)
 
     def _log_failure(self, reason: str) -> None:
+        # The throttle is not reset when a new run of failures starts, so a
+        # target that flaps between up and down is also logged at most once
+        # per LOG_PERIOD_S.
         self.consecutive_failures += 1
-        if self.consecutive_failures == 1:
-            self.failure_log.reset()
         held_back = self.failure_log.admit(trio.current_time())
         if held_back is None:
             return
+        self.failure_reported = True
         if self.consecutive_failures == 1:
+            unlogged = f" ({held_back} earlier failures not logged)" if held_back else ""
             logger.warning(
-                "scrape of %s (job %s) failed: %s", self.target.display_url, self.target.job, reason
+                "scrape of %s (job %s) failed: %s%s",
+                self.target.display_url,
+                self.target.job,
+                reason,
+                unlogged,
             )
         else:
             logger.warning(
-                "scrape of %s (job %s) still failing after %d attempts: %s; "
-                "%d failures since the last report not logged",
+                "scrape of %s (job %s) still failing after %d attempts: %s "
+                "(%d failures since the last report not logged)",
                 self.target.display_url,
                 self.target.job,
                 self.consecutive_failures,
@@ -421,14 +455,17 @@ class _TargetScraper:
             )
 
     def _log_success(self) -> None:
-        if self.consecutive_failures:
+        # A recovery is logged only when a failure of the same run was, so
+        # each logged outage gets exactly one recovery line.
+        if self.failure_reported:
             logger.info(
                 "scrape of %s (job %s) recovered after %d failed attempts",
                 self.target.display_url,
                 self.target.job,
                 self.consecutive_failures,
             )
-            self.consecutive_failures = 0
+        self.consecutive_failures = 0
+        self.failure_reported = False
 
     def _log_skipped(self, parsed: ParsedScrape) -> None:
         if not parsed.skipped:
@@ -437,7 +474,7 @@ class _TargetScraper:
         if self.skipped_log.admit(trio.current_time()) is None:
             return
         logger.warning(
-            "skipped %d invalid samples from %s (job %s) since the last report; examples: %s",
+            "skipped %d invalid samples from %s (job %s) since the last report, for example: %s",
             self.skipped_since_log,
             self.target.display_url,
             self.target.job,
@@ -458,7 +495,7 @@ class _TargetScraper:
             )
             return
         logger.warning(
-            "storage rejected %d samples from %s (job %s) since the last report; latest: %s",
+            "storage rejected %d samples from %s (job %s) since the last report, latest: %s",
             self.rejected_since_log,
             self.target.display_url,
             self.target.job,

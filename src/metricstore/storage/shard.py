@@ -113,16 +113,23 @@ class ShardStore:
         window = self.limits.out_of_order_window_ms
         # NO_TIME marks a series without samples; subtracting from it wraps.
         reasons[(last_ts != NO_TIME) & (times < last_ts - window)] = _OUT_OF_ORDER
-        same_as_previous = np.zeros(count, dtype=np.bool_)
-        same_as_previous[1:] = (ids[1:] == ids[:-1]) & (times[1:] == times[:-1])
-        equal_to_previous = np.zeros(count, dtype=np.bool_)
-        equal_to_previous[1:] = bits[1:] == bits[:-1]
+        # Several samples of one series at one time: the first is stored and
+        # each later one must repeat its value exactly, bit for bit (so NaN
+        # repeats NaN). A sample at the time of the series' newest stored
+        # sample must repeat that one.
+        # NOTE: a sample at the time of an older stored sample (possible
+        # within the out-of-order window) is not compared and is dropped at
+        # read time, where the first one written wins.
+        repeats = np.zeros(count, dtype=np.bool_)
+        repeats[1:] = (ids[1:] == ids[:-1]) & (times[1:] == times[:-1])
+        run_starts = np.flatnonzero(~repeats)
+        first_bits = bits[run_starts][np.cumsum(~repeats) - 1]
         at_last = times == last_ts
-        equal_to_last = bits == self._last_values[ids].view(np.int64)
-        reasons[(same_as_previous & ~equal_to_previous) | (at_last & ~equal_to_last)] = _CONFLICT
+        reference = np.where(at_last, self._last_values[ids].view(np.int64), first_bits)
+        unchanged = (at_last | repeats) & (bits == reference)
+        reasons[(at_last | repeats) & ~unchanged] = _CONFLICT
         reasons[times < now_ms - self.policy.retention_ms] = _EXPIRED
         reasons[times > now_ms + self.limits.max_future_skew_ms] = _FUTURE
-        unchanged = (same_as_previous & equal_to_previous) | (at_last & equal_to_last)
 
         store = (reasons == _OK) & ~unchanged
         stored_ids, stored_times, stored_values = ids[store], times[store], vals[store]
