@@ -76,8 +76,10 @@ async def test_serve_ingests_then_stops(signum: int) -> None:
         async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
             latest = (await client.get("/metrics/cli_test/latest")).json()
             assert latest["series"][0]["points"] == [
-                {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - 1)),
-                 "value": 9.0}
+                {
+                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - 1)),
+                    "value": 9.0,
+                }
             ]
             # The server scrapes itself, so its own metrics become series.
             with trio.fail_after(15):
@@ -131,9 +133,23 @@ def test_bad_options_named(args: list[str], fragment: str) -> None:
 
 def test_options_build_config() -> None:
     parsed = build_parser().parse_args(
-        ["serve", "--retention", "24h", "--downsample", "5m", "--max-points", "1000",
-         "--scrape", "node=http://127.0.0.1:9100/metrics", "--scrape-interval", "30s",
-         "--shards", "4", "--max-labels", "8"]
+        [
+            "serve",
+            "--retention",
+            "24h",
+            "--downsample",
+            "5m",
+            "--max-points",
+            "1000",
+            "--scrape",
+            "node=http://127.0.0.1:9100/metrics",
+            "--scrape-interval",
+            "30s",
+            "--shards",
+            "4",
+            "--max-labels",
+            "8",
+        ]
     )
     config = config_from_args(parsed)
     assert config.policy.to_dict() == {

@@ -104,10 +104,16 @@ async def test_pipeline_matches_in_memory() -> None:
             assert got == want
         for aggregation in ("avg", "sum", "min", "max", "last", "count"):
             got = await engine.query_range(
-                "container_cpu", timedelta(minutes=5), start_time=at(T0), aggregation=aggregation  # type: ignore[arg-type]
+                "container_cpu",
+                timedelta(minutes=5),
+                start_time=at(T0),
+                aggregation=aggregation,  # type: ignore[arg-type]
             )
             want = await expected_engine.query_range(
-                "container_cpu", timedelta(minutes=5), start_time=at(T0), aggregation=aggregation  # type: ignore[arg-type]
+                "container_cpu",
+                timedelta(minutes=5),
+                start_time=at(T0),
+                aggregation=aggregation,  # type: ignore[arg-type]
             )
             assert got == want
         assert await engine.query_latest("container_cpu") == await expected_engine.query_latest(

@@ -80,7 +80,12 @@ def test_raw_reads_match_model(samples: list[tuple[int, int, int]], batch: int) 
     for s, t, v in samples:
         if s not in newest or t * 1000 > newest[s][0]:
             newest[s] = (t * 1000, float(v))
-    assert dict(zip(ids.tolist(), zip(last_ts.tolist(), last_values.tolist(), strict=True), strict=True)) == newest
+    assert (
+        dict(
+            zip(ids.tolist(), zip(last_ts.tolist(), last_values.tolist(), strict=True), strict=True)
+        )
+        == newest
+    )
 
 
 def check_range(store: ShardStore, samples: list[tuple[int, int, int]], step_s: int) -> None:
@@ -92,7 +97,9 @@ def check_range(store: ShardStore, samples: list[tuple[int, int, int]], step_s: 
         for s, t, v in samples:
             model[(s, t // step_s * step_s * 1000)].append((t, float(v)))
         expected = {key: model_aggregate(group, aggregation) for key, group in model.items()}
-        got = dict(zip(zip(series.tolist(), buckets.tolist(), strict=True), values.tolist(), strict=True))
+        got = dict(
+            zip(zip(series.tolist(), buckets.tolist(), strict=True), values.tolist(), strict=True)
+        )
         assert got.keys() == expected.keys()
         for key, value in expected.items():
             assert math.isclose(got[key], value, rel_tol=1e-12, abs_tol=1e-12), (aggregation, key)
@@ -153,7 +160,9 @@ def test_rollups_replace_raw_samples() -> None:
     store = ShardStore(policy, LIMITS)
     start_ms = 1_700_000_000_000 // 300_000 * 300_000
     times = start_ms + np.arange(0, 4 * 3600, 15, dtype=np.int64) * 1000
-    store.append(np.zeros(times.size, np.int64), times, np.arange(times.size, dtype=np.float64), start_ms)
+    store.append(
+        np.zeros(times.size, np.int64), times, np.arange(times.size, dtype=np.float64), start_ms
+    )
 
     now_ms = start_ms + 4 * 3600 * 1000
     result = store.apply_retention(now_ms)
@@ -163,7 +172,7 @@ def test_rollups_replace_raw_samples() -> None:
     assert stats["raw_samples"] == 480
     assert stats["rollup_rows"] == 24
 
-    series, timestamps, values = store.read_raw(np.array([0]), start_ms, start_ms + 600_000 - 1)
+    _, timestamps, values = store.read_raw(np.array([0]), start_ms, start_ms + 600_000 - 1)
     # Rolled-up intervals read back as their average at the interval start.
     assert timestamps.tolist() == [start_ms, start_ms + 300_000]
     assert values.tolist() == [9.5, 29.5]
@@ -173,7 +182,9 @@ def test_counter_reset_inside_rollup() -> None:
     # A reset at a rollup boundary must not hide the samples around it: last,
     # min and max of each interval still show it.
     policy = RetentionPolicy(
-        "p", timedelta(days=1), downsampling_interval=timedelta(minutes=5),
+        "p",
+        timedelta(days=1),
+        downsampling_interval=timedelta(minutes=5),
         downsample_after=timedelta(0),
     )
     store = ShardStore(policy, LIMITS)
@@ -192,7 +203,9 @@ def test_counter_reset_inside_rollup() -> None:
 
 def test_retention_drops_rollups_whole() -> None:
     policy = RetentionPolicy(
-        "p", timedelta(hours=1), downsampling_interval=timedelta(minutes=10),
+        "p",
+        timedelta(hours=1),
+        downsampling_interval=timedelta(minutes=10),
         downsample_after=timedelta(0),
     )
     store = ShardStore(policy, LIMITS)

@@ -31,9 +31,9 @@ def sample(name: str, value: float, seconds: float, **labels: str) -> MetricValu
     return MetricValue(name=name, value=value, timestamp=at(seconds), labels=labels)
 
 
-def make(policy: RetentionPolicy | None = None, now: float = T0 + 3600) -> tuple[
-    InMemoryTimeSeriesStorage, QueryEngine, Clock
-]:
+def make(
+    policy: RetentionPolicy | None = None, now: float = T0 + 3600
+) -> tuple[InMemoryTimeSeriesStorage, QueryEngine, Clock]:
     clock = Clock(now)
     policy = policy or RetentionPolicy("test", timedelta(days=1))
     storage = InMemoryTimeSeriesStorage(policy, clock=clock)
@@ -76,9 +76,7 @@ async def test_time_bounds_inclusive() -> None:
 async def test_duration_ends_at_end_time() -> None:
     storage, engine, _ = make()
     await storage.store_metrics([sample("cpu", float(i), T0 + i * 60) for i in range(10)])
-    found = await engine.query_metrics(
-        "cpu", end_time=at(T0 + 300), duration=timedelta(minutes=2)
-    )
+    found = await engine.query_metrics("cpu", end_time=at(T0 + 300), duration=timedelta(minutes=2))
     assert [m.value for m in found] == [3.0, 4.0, 5.0]
 
 
@@ -134,7 +132,10 @@ async def test_whole_range_aggregations(aggregation: str, expected: float) -> No
         ]
     )
     found = await engine.query_metrics(
-        "cpu", start_time=at(T0), end_time=at(T0 + 60), aggregation=aggregation  # type: ignore[arg-type]
+        "cpu",
+        start_time=at(T0),
+        end_time=at(T0 + 60),
+        aggregation=aggregation,  # type: ignore[arg-type]
     )
     assert [m.value for m in found] == [expected]
     assert found[0].timestamp == at(T0 + 40)
@@ -191,7 +192,7 @@ async def test_range_aggregations(aggregation: str, expected: list[float]) -> No
 
 
 async def test_range_rejects_too_many_points() -> None:
-    storage, engine, _ = make()
+    _, engine, _ = make()
     # 11000 steps fit, 11001 do not (Prometheus's rule).
     await engine.query_range(
         "cpu", timedelta(seconds=1), start_time=at(T0 - 20), end_time=at(T0 - 20 + 10_999)
@@ -291,7 +292,9 @@ async def test_duplicates_conflict_rejected() -> None:
         ({"container": "web-1"}, now, 1.0),
         ({"container": "web-2"}, now, 4.0),
     ]
-    raw = await engine.query_metrics("disk_io", start_time=at(now - 3600), labels={"container": "web-1"})
+    raw = await engine.query_metrics(
+        "disk_io", start_time=at(now - 3600), labels={"container": "web-1"}
+    )
     assert len(raw) == 1
 
 
