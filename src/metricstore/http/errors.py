@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from quart import Blueprint, Quart, Response
+from quart import Blueprint, Quart, Response, current_app
 from werkzeug.exceptions import HTTPException
 
 from metricstore.errors import StorageBusyError, StorageClosedError, ValidationError
@@ -49,10 +49,16 @@ async def _closed(error: StorageClosedError) -> Response:
 async def _http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     if status == 413:
-        message = "request body too large: " + (error.description or "")
-    else:
-        message = f"{error.name}: {error.description}"
-    return json_response({"error": message}, status)
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        # The rest of the body may still be in flight, so the connection
+        # cannot carry another request; without this header a keep-alive
+        # client reuses it and the next request fails or hangs.
+        return json_response(
+            {"error": f"request body too large: more than max_body_bytes={limit} bytes"},
+            status,
+            Connection="close",
+        )
+    return json_response({"error": f"{error.name}: {error.description}"}, status)
 
 
 async def _unexpected(error: Exception) -> Response:

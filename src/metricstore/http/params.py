@@ -7,10 +7,15 @@ from collections.abc import Iterable
 from werkzeug.datastructures import MultiDict
 
 from metricstore.errors import ValidationError
+from metricstore.http.wire import MAX_TIME_MS, MIN_TIME_MS, TIME_RANGE_RULE
 from metricstore.query import TimeWindow, resolve_window
 from metricstore.storage.base import check_aggregation
 from metricstore.storage.results import Aggregation
 from metricstore.times import parse_duration, parse_time
+
+# The longest duration or step: the whole span of supported times. Longer
+# ones overflow int64 milliseconds further down.
+MAX_DURATION_MS = MAX_TIME_MS - MIN_TIME_MS
 
 
 class QueryParams:
@@ -35,16 +40,32 @@ class QueryParams:
 
     def time(self, name: str) -> int | None:
         value = self._single(name)
-        return None if value is None else parse_time(value, name)
+        if value is None:
+            return None
+        ms = parse_time(value, name)
+        if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+            raise ValidationError(name, value, TIME_RANGE_RULE)
+        return ms
 
     def duration(self, name: str) -> int | None:
         value = self._single(name)
-        return None if value is None else parse_duration(value, name)
+        if value is None:
+            return None
+        ms = parse_duration(value, name)
+        if ms > MAX_DURATION_MS:
+            raise ValidationError(name, value, "longer than the span of supported times")
+        return ms
 
     def window(self, now_ms: int) -> TimeWindow:
-        return resolve_window(
-            self.time("start"), self.time("end"), self.duration("duration"), now_ms
-        )
+        start, end = self.time("start"), self.time("end")
+        if start is not None and end is not None and end < start:
+            raise ValidationError("end", self._single("end"), "end must not be before start")
+        window = resolve_window(start, end, self.duration("duration"), now_ms)
+        if window.start_ms is not None and window.start_ms < MIN_TIME_MS:
+            raise ValidationError(
+                "duration", self._single("duration"), f"the window would start {TIME_RANGE_RULE}"
+            )
+        return window
 
     def aggregation(self, default: Aggregation | None) -> Aggregation | None:
         value = self._single("aggregation")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
@@ -18,10 +19,17 @@ from metricstore.batch import RowDecoder, SampleBatch
 from metricstore.errors import ValidationError
 from metricstore.models import Limits, parse_value
 from metricstore.storage.results import SeriesResult
-from metricstore.times import format_rfc3339, parse_time
+from metricstore.times import datetime_to_ms, format_rfc3339, parse_time
 
 ROW_FIELDS = frozenset({"name", "value", "timestamp", "labels", "unit"})
 _REQUIRED_ROW_FIELDS = ("name", "value", "timestamp")
+
+# The times the server can format back as RFC 3339 (years 1 to 9999, with
+# a day of margin for offsets). Storage formats a rejected sample's time in
+# its reason, so a time outside this span must be stopped at the edge.
+MIN_TIME_MS = datetime_to_ms(datetime(1, 1, 2, tzinfo=UTC))
+MAX_TIME_MS = datetime_to_ms(datetime(9999, 12, 30, tzinfo=UTC))
+TIME_RANGE_RULE = "outside the supported range 0001-01-02T00:00:00Z to 9999-12-30T00:00:00Z"
 
 
 class DecodeError(ValueError):
@@ -38,11 +46,31 @@ class _BareConstant:
         return self.token
 
 
+class _OutOfRangeNumber:
+    """Stands in for a JSON number beyond float64, which Python reads as infinity."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _parse_float(text: str) -> float | _OutOfRangeNumber:
+    value = float(text)
+    return value if math.isfinite(value) else _OutOfRangeNumber(text)
+
+
 def loads_json(data: str | bytes) -> Any:
-    """Parse JSON; bare NaN/Infinity tokens become markers that validation rejects."""
+    """Parse JSON; bare NaN/Infinity tokens and out-of-range numbers become markers."""
     try:
-        return json.loads(data, parse_constant=_BareConstant)
+        return json.loads(data, parse_constant=_BareConstant, parse_float=_parse_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DecodeError(f"invalid JSON: {error}") from None
+    except RecursionError:
+        raise DecodeError("invalid JSON: nested too deeply") from None
+    except ValueError as error:
+        # Integers longer than Python's int_max_str_digits (4300 digits).
         raise DecodeError(f"invalid JSON: {error}") from None
 
 
@@ -50,7 +78,15 @@ def loads_msgpack(data: bytes) -> Any:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (msgpack.UnpackException, ValueError, TypeError) as error:
-        raise DecodeError(f"invalid msgpack: {error}") from None
+        # FormatError and StackError carry no message of their own.
+        detail = str(error) or _MSGPACK_ERRORS.get(type(error), type(error).__name__)
+        raise DecodeError(f"invalid msgpack: {detail}") from None
+
+
+_MSGPACK_ERRORS: dict[type[Exception], str] = {
+    msgpack.FormatError: "not a msgpack type byte",
+    msgpack.StackError: "nested too deeply",
+}
 
 
 def dumps_json(document: Any) -> str:
@@ -100,15 +136,31 @@ def _decode_row(decoder: RowDecoder, position: int, row: object) -> str | None:
             f"invalid value {value.token}: bare {value.token} is not valid JSON; "
             'send the string "NaN", "+Inf" or "-Inf"'
         )
+    for name in ("value", "timestamp"):
+        if isinstance(row[name], _OutOfRangeNumber) or _overflows_float(row[name]):
+            return f"invalid {name} {row[name]!r:.80}: the number is out of the float64 range"
     try:
         parsed_value = parse_value(value)
         timestamp_ms = parse_time(row["timestamp"], "timestamp")
     except ValidationError as error:
         return str(error)
+    if not MIN_TIME_MS <= timestamp_ms <= MAX_TIME_MS:
+        return f"invalid timestamp {row['timestamp']!r:.80}: {TIME_RANGE_RULE}"
     decoder.add(
         position, row["name"], row.get("labels"), row.get("unit"), parsed_value, timestamp_ms
     )
     return None
+
+
+def _overflows_float(value: object) -> bool:
+    # JSON integers have no size limit, but float() raises OverflowError on huge ones.
+    if not isinstance(value, int):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    return False
 
 
 def json_value(value: float) -> float | str:

@@ -90,10 +90,11 @@ class ShardStore:
         """Store a batch of samples, rejecting those that break a rule.
 
         A sample is rejected when it is further ahead of ``now_ms`` than the
-        allowed skew, older than the retention period, older than the
-        out-of-order window behind its series' newest sample, or at the time
-        of a stored sample with a different value. A sample equal to a stored
-        one (same time, same bits) is accepted and changes nothing.
+        allowed skew, or older than the retention period. It is also rejected
+        when it lags its series' newest sample by more than the out-of-order
+        window, or repeats a stored sample's time with a different value. A
+        sample equal to a stored one (same time, same bits) is accepted and
+        changes nothing.
         """
         result = AppendResult()
         count = int(series.size)
@@ -315,7 +316,7 @@ class ShardStore:
     # -- retention -----------------------------------------------------------
 
     def apply_retention(self, now_ms: int) -> RetentionResult:
-        """Expire, cap and downsample samples as the policy says, as of ``now_ms``.
+        """Expire, cap and downsample samples by the policy, as of ``now_ms``.
 
         Raw samples older than the retention period are dropped exactly. A
         rollup is dropped once its whole interval is past the cutoff, so up
