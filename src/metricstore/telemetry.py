@@ -55,6 +55,11 @@ class Telemetry:
             ["endpoint"],
             registry=self.registry,
         )
+        self.feed_disconnects = Counter(
+            "metricstore_feed_disconnects_total",
+            "Subscribers disconnected for staying behind their feed buffer.",
+            registry=self.registry,
+        )
         self.stored_series = Gauge(
             "metricstore_series", "Series with samples in storage.", registry=self.registry
         )

@@ -20,6 +20,7 @@ from metricstore.actors.messages import (
 from metricstore.actors.routing import shard_for
 from metricstore.errors import ValidationError
 from metricstore.storage.index import SeriesIndex
+from metricstore.storage.matchers import Matcher
 
 logger = logging.getLogger("metricstore.actors.index")
 
@@ -27,8 +28,9 @@ logger = logging.getLogger("metricstore.actors.index")
 class IndexActor:
     """Assigns series ids and shards, and finds series by name and labels.
 
-    Requests: ``resolve`` (series definitions to ids and shards), ``select``,
-    ``metric_names``, ``label_keys``, ``label_values``, ``stats``. Shards send
+    Requests: ``resolve`` (series definitions to ids and shards), ``select``
+    (by name, label pairs and matchers), ``keys`` (of ids), ``metric_names``,
+    ``label_keys``, ``label_values``, ``stats``. Shards send
     ``activate`` and ``deactivate`` as series gain their first sample or lose
     their last one; these come through the same FIFO mailbox, so a query
     sent after an acknowledged write sees its series.
@@ -47,6 +49,15 @@ class IndexActor:
         logger.debug("index actor stopped with %d active series", len(self._index))
 
     async def _handle(self, envelope: Envelope) -> None:
+        try:
+            await self._dispatch(envelope)
+        except ValidationError as error:
+            # Callers validate first; this guards the actor against a bad
+            # message from a new caller.
+            logger.warning("index actor rejected a request: %s", error)
+            await reply(envelope, {"error": str(error)})
+
+    async def _dispatch(self, envelope: Envelope) -> None:
         message = unpack(envelope.payload)
         kind = message["type"]
         if kind == "activate":
@@ -57,6 +68,10 @@ class IndexActor:
             await reply(envelope, self._resolve(message))
         elif kind == "select":
             await reply(envelope, self._select(message))
+        elif kind == "keys":
+            keys, units = self._index.keys, self._index.units
+            ids = read_ints(message["ids"]).tolist()
+            await reply(envelope, {"series": [encode_key(keys[i], units[i]) for i in ids]})
         elif kind == "metric_names":
             await reply(envelope, {"values": self._index.metric_names()})
         elif kind == "label_keys":
@@ -95,7 +110,8 @@ class IndexActor:
         return {"ids": int_column(ids), "shards": int_column(shards), "errors": errors}
 
     def _select(self, message: Message) -> Message:
-        ordered = self._index.select(message["name"], message.get("labels"))
+        matchers = [Matcher.parse(item) for item in message.get("matchers") or ()]
+        ordered = self._index.select(message["name"], message.get("labels"), matchers)
         keys = self._index.keys
         units = self._index.units
         shards = np.array([self._shard_of[i] for i in ordered.tolist()], dtype=np.int64)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from metricstore.actors.messages import (
@@ -41,10 +42,15 @@ class IngestActor:
         index: Mailbox,
         shards: Sequence[Mailbox],
         clock: Callable[[], float] = time.time,
+        hub: Mailbox | None = None,
     ) -> None:
         self._index = index
         self._shards = list(shards)
         self._clock = clock
+        self._hub = hub
+        # Stored samples the hub's full mailbox could not take; reported
+        # with the next batch that gets through.
+        self._hub_missed = 0
 
     async def run(self, inbox: Inbox) -> None:
         logger.debug("ingest actor started")
@@ -57,6 +63,8 @@ class IngestActor:
             # drain and stop once every other sender has closed too.
             for mailbox in (*self._shards, self._index):
                 await mailbox.aclose()
+            if self._hub is not None:
+                await self._hub.aclose()
         logger.debug("ingest actor stopped")
 
     async def _handle(self, envelope: Envelope) -> None:
@@ -100,7 +108,7 @@ class IngestActor:
         accepted = 0
         # Send every shard its part first, then collect the replies, so the
         # shards' work is not serialized behind one another's round trips.
-        pending: list[tuple[trio.MemoryReceiveChannel[bytes], np.ndarray]] = []
+        pending: list[tuple[trio.MemoryReceiveChannel[bytes], npt.NDArray[np.bool_]]] = []
         for shard_id, mailbox in enumerate(self._shards):
             mask = shards == shard_id
             if not mask.any():
@@ -114,14 +122,45 @@ class IngestActor:
                 "now_ms": now_ms,
             }
             await mailbox.send(Envelope(pack(request), reply_send))
-            pending.append((reply_receive, positions[mask]))
+            pending.append((reply_receive, mask))
 
-        for reply_receive, shard_positions in pending:
+        stored = np.zeros(ids.size, dtype=np.bool_)
+        for reply_receive, mask in pending:
             async with reply_receive:
                 answer = unpack(await reply_receive.receive())
             accepted += answer["accepted"]
+            shard_positions = positions[mask]
+            kept = np.ones(shard_positions.size, dtype=np.bool_)
             for index, error in answer["rejected"]:
                 rejected.append([int(shard_positions[index]), error])
+                kept[index] = False
+            stored[np.flatnonzero(mask)[kept]] = True
+        self._feed_hub(ids[stored], timestamps[stored], values[stored])
 
         rejected.sort(key=lambda item: item[0])  # type: ignore[arg-type, return-value]
         return {"accepted": accepted, "rejected": rejected}
+
+    def _feed_hub(
+        self,
+        ids: npt.NDArray[np.int64],
+        timestamps: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+    ) -> None:
+        """Hand stored samples to the hub without waiting; count what it cannot take."""
+        if self._hub is None or ids.size == 0:
+            return
+        message = {
+            "type": "stored",
+            "ids": int_column(ids),
+            "timestamps": int_column(timestamps),
+            "values": float_column(values),
+            "dropped": self._hub_missed,
+        }
+        try:
+            self._hub.send_nowait(Envelope(pack(message)))
+        except trio.WouldBlock:
+            self._hub_missed += int(ids.size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._hub = None
+        else:
+            self._hub_missed = 0

@@ -34,6 +34,9 @@ _FLOAT64 = np.dtype("<f8")
 class Envelope:
     payload: bytes
     reply: ReplyChannel | None = None
+    # An in-process object that rides along, such as a subscriber's feed
+    # buffer. A message meant to cross a process boundary has none.
+    attachment: object = None
 
 
 def pack(message: Message) -> bytes:
@@ -75,7 +78,11 @@ def decode_key(data: list[Any]) -> tuple[SeriesKey, str]:
 
 
 async def send_request(
-    mailbox: Mailbox, message: Message, *, send_timeout: float = math.inf
+    mailbox: Mailbox,
+    message: Message,
+    *,
+    send_timeout: float = math.inf,
+    attachment: object = None,
 ) -> Message:
     """Send a request to an actor and wait for its reply.
 
@@ -84,7 +91,7 @@ async def send_request(
     down. A reply with an ``"error"`` key is returned as is.
     """
     reply_send, reply_receive = trio.open_memory_channel[bytes](1)
-    envelope = Envelope(pack(message), reply_send)
+    envelope = Envelope(pack(message), reply_send, attachment)
     try:
         with trio.move_on_after(send_timeout) as scope:
             await mailbox.send(envelope)

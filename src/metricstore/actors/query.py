@@ -82,7 +82,12 @@ class QueryActor:
     async def _read(self, message: Message) -> Message:
         selected = await send_request(
             self._index,
-            {"type": "select", "name": message["name"], "labels": message.get("labels")},
+            {
+                "type": "select",
+                "name": message["name"],
+                "labels": message.get("labels"),
+                "matchers": message.get("matchers"),
+            },
         )
         ordered = read_ints(selected["ids"])
         shard_of = read_ints(selected["shards"])

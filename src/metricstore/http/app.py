@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -10,6 +11,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from metricstore.http.errors import json_response, register_app_error_handlers
+from metricstore.http.feeds import FeedLimits, FeedSource, create_feeds_blueprint
 from metricstore.http.rest import DEFAULT_MAX_RESPONSE_POINTS, create_metrics_router
 from metricstore.http.ws_ingest import create_ingest_blueprint
 from metricstore.query import QueryEngine
@@ -28,11 +30,13 @@ def create_app(
     telemetry: Telemetry | None = None,
     ready: trio.Event | None = None,
     max_response_points: int = DEFAULT_MAX_RESPONSE_POINTS,
+    feed_limits: FeedLimits | None = None,
 ) -> QuartTrio:
     """Build the app over ``storage``.
 
     ``/readyz`` answers 503 until ``ready`` is set (when given), so a load
-    balancer waits for start-up to finish.
+    balancer waits for start-up to finish. Live feeds are served when the
+    storage supports subscriptions, as the server's actor pipeline does.
     """
     app = QuartTrio("metricstore")
     limits = storage.limits
@@ -46,6 +50,9 @@ def create_app(
         create_metrics_router(engine, telemetry=telemetry, max_response_points=max_response_points)
     )
     app.register_blueprint(create_ingest_blueprint(storage, telemetry))
+    if hasattr(storage, "subscribe"):
+        source = cast(FeedSource, storage)
+        app.register_blueprint(create_feeds_blueprint(source, feed_limits, telemetry))
 
     @app.before_request
     async def start_timer() -> None:

@@ -25,10 +25,9 @@ class QueryParams:
         allowed = set(allowed)
         unknown = sorted(set(args) - allowed)
         if unknown:
+            takes = ", ".join(sorted(allowed)) if allowed else "no parameters"
             raise ValidationError(
-                "query parameter",
-                unknown[0],
-                f"unknown parameter; this endpoint takes {', '.join(sorted(allowed))}",
+                "query parameter", unknown[0], f"unknown parameter; this endpoint takes {takes}"
             )
         self._args = args
 

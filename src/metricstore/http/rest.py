@@ -75,6 +75,7 @@ def create_metrics_router(
 
     @blueprint.get("/")
     async def metric_names() -> Response:
+        QueryParams(request.args, ())
         return json_response({"metrics": await query_engine.get_metric_names()})
 
     @blueprint.post("/")
@@ -120,15 +121,18 @@ def create_metrics_router(
 
     @blueprint.get("/labels/keys")
     async def label_keys() -> Response:
+        QueryParams(request.args, ())
         return json_response({"keys": await query_engine.get_label_keys()})
 
     @blueprint.get("/labels/values/<label_key>")
     async def label_values(label_key: str) -> Response:
+        QueryParams(request.args, ())
         values = await query_engine.get_label_values(label_key)
         return json_response({"key": label_key, "values": values})
 
     @blueprint.get("/storage/stats")
     async def storage_stats() -> Response:
+        QueryParams(request.args, ())
         stats = await query_engine.get_storage_stats()
         for name in ("oldest_ms", "newest_ms"):
             if name in stats:

@@ -16,7 +16,7 @@ as described in docs/api.md:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 import numpy as np
@@ -26,7 +26,16 @@ from quart import Blueprint, websocket
 
 from metricstore.batch import SampleBatch, SeriesDefinition
 from metricstore.errors import MetricstoreError, StorageBusyError, ValidationError
-from metricstore.http.wire import DecodeError, decode_rows, dumps_json, loads_json, loads_msgpack
+from metricstore.http.wire import (
+    MAX_TIME_MS,
+    MIN_TIME_MS,
+    TIME_RANGE_RULE,
+    DecodeError,
+    decode_rows,
+    dumps_json,
+    loads_json,
+    loads_msgpack,
+)
 from metricstore.models import Limits, SeriesKey, validate_series
 from metricstore.storage.base import IngestResult, Rejection, TimeSeriesStorage
 from metricstore.telemetry import Telemetry
@@ -75,7 +84,7 @@ class IngestSession:
         if not isinstance(document, dict):
             raise FrameError("a frame must be an object with a seq field")
         seq = document.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int):
+        if not _is_seq(seq):
             raise FrameError(f"invalid seq {seq!r}: every frame needs an integer seq")
         unknown = set(document) - _FRAME_FIELDS
         if unknown:
@@ -132,8 +141,8 @@ class IngestSession:
             except ValidationError as error:
                 raw_id = definition.get("id") if isinstance(definition, dict) else None
                 rejected.append({"index": position, "id": raw_id, "error": str(error)})
-                if isinstance(raw_id, int):
-                    self._definition_errors[raw_id] = str(error)
+                if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+                    self._unbind(raw_id, str(error))
                 continue
             valid_ids.append(client_id)
             valid.append(parsed)
@@ -143,7 +152,7 @@ class IngestSession:
         series_ids, shards, errors = await self._storage.resolve_series(valid)
         for slot, reason in errors.items():
             rejected.append({"index": slot, "id": valid_ids[slot], "error": reason})
-            self._definition_errors[valid_ids[slot]] = reason
+            self._unbind(valid_ids[slot], reason)
         ok = series_ids >= 0
         self._bind(np.array(valid_ids, dtype=np.int64)[ok], series_ids[ok], shards[ok])
         if len(self._client_ids) > self._limits.max_series:
@@ -153,6 +162,15 @@ class IngestSession:
                 seq,
             )
         return rejected
+
+    def _unbind(self, client_id: int, reason: str) -> None:
+        # A failed redefinition must not leave the id writing to its old
+        # series: the client meant another series from here on.
+        keep = self._client_ids != client_id
+        self._client_ids = self._client_ids[keep]
+        self._series_ids = self._series_ids[keep]
+        self._shards = self._shards[keep]
+        self._definition_errors[client_id] = reason
 
     def _bind(
         self,
@@ -176,18 +194,31 @@ class IngestSession:
     async def _store_columns(self, document: dict[str, Any], seq: int) -> IngestResult:
         index, timestamps, values = _read_columns(document, seq)
         positions = np.arange(index.size, dtype=np.int64)
+        in_range = (timestamps >= MIN_TIME_MS) & (timestamps <= MAX_TIME_MS)
+        rejected = [
+            (position, f"invalid timestamps_ms {stamp}: {TIME_RANGE_RULE}")
+            for position, stamp in zip(
+                positions[~in_range].tolist(), timestamps[~in_range].tolist(), strict=True
+            )
+        ]
+        if not in_range.all():
+            index, timestamps = index[in_range], timestamps[in_range]
+            values, positions = values[in_range], positions[in_range]
         if "series" in document:
-            return await self._store_inline(document["series"], index, timestamps, values, seq)
+            result = await self._store_inline(
+                document["series"], index, timestamps, values, positions, seq
+            )
+            return _merge(result, rejected)
 
         slots = np.searchsorted(self._client_ids, index)
         known = slots < self._client_ids.size
         known[known] = self._client_ids[slots[known]] == index[known]
-        rejected = [
-            Rejection(position, self._unknown_id_error(client_id))
+        rejected.extend(
+            (position, self._unknown_id_error(client_id))
             for position, client_id in zip(
                 positions[~known].tolist(), index[~known].tolist(), strict=True
             )
-        ]
+        )
         slots = slots[known]
         result = await self._storage.ingest_resolved(
             self._series_ids[slots],
@@ -196,7 +227,7 @@ class IngestSession:
             values[known],
             positions[known],
         )
-        return _merge(result, [(r.index, r.error) for r in rejected])
+        return _merge(result, rejected)
 
     def _unknown_id_error(self, client_id: int) -> str:
         reason = self._definition_errors.get(client_id)
@@ -210,6 +241,7 @@ class IngestSession:
         index: npt.NDArray[np.int64],
         timestamps: npt.NDArray[np.int64],
         values: npt.NDArray[np.float64],
+        positions: npt.NDArray[np.int64],
         seq: int,
     ) -> IngestResult:
         if not isinstance(series, list):
@@ -224,7 +256,6 @@ class IngestSession:
                 definition = SeriesDefinition(("", ()))
             definitions.append(definition)
 
-        positions = np.arange(index.size, dtype=np.int64)
         valid_slot = np.zeros(len(definitions) + 1, dtype=np.bool_)
         valid_slot[: len(definitions)] = True
         for slot in series_errors:
@@ -321,7 +352,9 @@ def create_ingest_blueprint(
             while True:
                 frame = await websocket.receive()
                 binary = isinstance(frame, bytes)
-                size = len(frame)
+                # The limit is in bytes; a text frame arrives decoded, and
+                # its UTF-8 form may be up to four times its length.
+                size = len(frame) if isinstance(frame, bytes) else _utf8_length(frame)
                 if size > limits.max_frame_bytes:
                     reason = (
                         f"frame of {size} bytes exceeds max_frame_bytes={limits.max_frame_bytes}"
@@ -349,7 +382,7 @@ async def _answer(
     seq: int | None = None
     try:
         document = loads_msgpack(frame) if isinstance(frame, bytes) else loads_json(frame)
-        if isinstance(document, dict) and isinstance(document.get("seq"), int):
+        if isinstance(document, dict) and _is_seq(document.get("seq")):
             seq = document["seq"]
         ack = await session.handle(document)
     except (DecodeError, FrameError) as error:
@@ -369,6 +402,16 @@ async def _answer(
         rejected = ack.get("rejected_total", len(ack["rejected"]))
         telemetry.record_ingest("websocket", ack["accepted"], rejected)
     return ack
+
+
+def _is_seq(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _utf8_length(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _error(message: str, seq: int | None) -> dict[str, Any]:

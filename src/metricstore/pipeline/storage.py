@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from metricstore.actors.feed import FeedBuffer
 from metricstore.actors.messages import (
     Mailbox,
     Message,
@@ -30,6 +31,7 @@ from metricstore.storage.base import (
     TimeSeriesStorage,
     check_aggregation,
 )
+from metricstore.storage.matchers import Matcher
 from metricstore.storage.results import Aggregation, SeriesResult
 from metricstore.storage.shard import MAX_TIME
 
@@ -51,6 +53,7 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
         query: Mailbox,
         index: Mailbox,
         retention: Mailbox,
+        hub: Mailbox,
         busy_timeout_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -60,6 +63,7 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
         self._query = query
         self._index = index
         self._retention = retention
+        self._hub = hub
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
 
@@ -68,7 +72,7 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
         return self._limits
 
     async def aclose(self) -> None:
-        for mailbox in (self._ingest, self._query, self._index, self._retention):
+        for mailbox in (self._ingest, self._query, self._index, self._retention, self._hub):
             await mailbox.aclose()
 
     # -- writes --------------------------------------------------------------
@@ -168,12 +172,53 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
         )
 
     async def read_latest(
-        self, metric_name: str, labels: dict[str, str] | None = None
+        self,
+        metric_name: str,
+        labels: dict[str, str] | None = None,
+        matchers: Sequence[Matcher] = (),
     ) -> list[SeriesResult]:
         floor, _ = self._window(None, None)
         return await self._read(
-            {"type": "read_latest", "name": metric_name, "labels": labels, "floor_ms": floor}
+            {
+                "type": "read_latest",
+                "name": metric_name,
+                "labels": labels,
+                "matchers": [matcher.to_dict() for matcher in matchers],
+                "floor_ms": floor,
+            }
         )
+
+    # -- live feeds ----------------------------------------------------------
+
+    async def subscribe(
+        self,
+        buffer: FeedBuffer,
+        name: str,
+        metric_name: str,
+        matchers: Sequence[Matcher] = (),
+        step_ms: int | None = None,
+        aggregation: Aggregation = "avg",
+    ) -> int:
+        """Start feeding samples of matching series into ``buffer``; return a token.
+
+        Samples are tagged with ``name``. With ``step_ms``, the feed carries
+        one ``aggregation`` value per series and step instead of every sample.
+        """
+        message = {
+            "type": "subscribe",
+            "name": name,
+            "metric": metric_name,
+            "matchers": [matcher.to_dict() for matcher in matchers],
+            "step_ms": step_ms,
+            "aggregation": aggregation,
+        }
+        answer = await send_request(self._hub, message, attachment=buffer)
+        if "error" in answer:
+            raise MetricstoreError(answer["error"])
+        return int(answer["token"])
+
+    async def unsubscribe(self, token: int) -> None:
+        await self._call(self._hub, {"type": "unsubscribe", "token": token})
 
     async def read_range(
         self,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from metricstore.actors.hub import HubActor
 from metricstore.actors.index import IndexActor
 from metricstore.actors.ingest import IngestActor
 from metricstore.actors.messages import Envelope, Inbox, Mailbox
@@ -35,6 +36,9 @@ class PipelineConfig:
     # client is told to retry.
     busy_timeout_s: float = 5.0
     retention_interval_s: float = 10.0
+    # Stored batches the hub may queue; beyond that, feeds miss batches
+    # (and are told so) rather than slow ingestion.
+    hub_mailbox_size: int = 256
     head_capacity: int = DEFAULT_HEAD_CAPACITY
     clock: Callable[[], float] = field(default=time.time)
 
@@ -75,7 +79,9 @@ async def open_pipeline(config: PipelineConfig) -> AsyncIterator[ActorTimeSeries
         )
         for shard_id in range(config.shards)
     ]
-    ingest = IngestActor(index_mailbox.clone(), shard_clones(), config.clock)
+    hub_mailbox, hub_inbox = _mailbox(config.hub_mailbox_size)
+    hub = HubActor(index_mailbox.clone(), config.clock)
+    ingest = IngestActor(index_mailbox.clone(), shard_clones(), config.clock, hub_mailbox.clone())
     query = QueryActor(index_mailbox.clone(), shard_clones())
     retention = RetentionActor(shard_clones(), config.retention_interval_s, config.clock)
     storage = ActorTimeSeriesStorage(
@@ -85,6 +91,7 @@ async def open_pipeline(config: PipelineConfig) -> AsyncIterator[ActorTimeSeries
         query=query_mailbox,
         index=index_mailbox.clone(),
         retention=retention_mailbox,
+        hub=hub_mailbox,
         busy_timeout_s=config.busy_timeout_s,
         clock=config.clock,
     )
@@ -96,6 +103,7 @@ async def open_pipeline(config: PipelineConfig) -> AsyncIterator[ActorTimeSeries
     logger.info("pipeline starting: %d shards, policy %s", config.shards, config.policy.to_dict())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(index.run, index_inbox, name="index")
+        nursery.start_soon(hub.run, hub_inbox, name="hub")
         for actor, (_, inbox) in zip(shards, shard_channels, strict=True):
             nursery.start_soon(actor.run, inbox, name=f"shard-{actor.shard_id}")
         nursery.start_soon(ingest.run, ingest_inbox, name="ingest")

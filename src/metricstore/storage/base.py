@@ -14,6 +14,7 @@ import numpy.typing as npt
 from metricstore.batch import SampleBatch, SeriesDefinition, batch_from_metric_values
 from metricstore.errors import ValidationError
 from metricstore.models import Limits, MetricValue
+from metricstore.storage.matchers import Matcher
 from metricstore.storage.results import AGGREGATIONS, Aggregation, SeriesResult
 from metricstore.times import datetime_to_ms, ms_to_datetime
 
@@ -139,9 +140,15 @@ class TimeSeriesStorage(ABC):
 
     @abstractmethod
     async def read_latest(
-        self, metric_name: str, labels: dict[str, str] | None = None
+        self,
+        metric_name: str,
+        labels: dict[str, str] | None = None,
+        matchers: Sequence[Matcher] = (),
     ) -> list[SeriesResult]:
-        """Return the newest sample of each matching series, however old."""
+        """Return the newest sample of each matching series, however old.
+
+        ``matchers`` narrow the series further, with Prometheus semantics.
+        """
 
     @abstractmethod
     async def read_range(

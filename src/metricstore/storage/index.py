@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from metricstore.errors import ValidationError
 from metricstore.models import DEFAULT_LIMITS, Limits, SeriesKey
+from metricstore.storage.matchers import Matcher, matches_key
 
 SeriesIds = npt.NDArray[np.int64]
 
@@ -108,11 +110,24 @@ class SeriesIndex:
             if not self._by_label[pair]:
                 del self._by_label[pair]
 
-    def select(self, name: str, labels: dict[str, str] | None = None) -> SeriesIds:
-        """Return the ids of active series of ``name`` carrying every label pair.
+    def select(
+        self,
+        name: str,
+        labels: dict[str, str] | None = None,
+        matchers: Sequence[Matcher] = (),
+    ) -> SeriesIds:
+        """Return the ids of active series of ``name`` with every label pair and matcher.
 
         The ids come ordered by series key, which is the order of query results.
         """
+        selected = self._select_labels(name, labels)
+        if not matchers:
+            return selected
+        keys = self.keys
+        keep = [matches_key(keys[i], matchers) for i in selected.tolist()]
+        return selected[np.array(keep, dtype=np.bool_)] if keep else selected
+
+    def _select_labels(self, name: str, labels: dict[str, str] | None) -> SeriesIds:
         ordered = self._ordered.get(name)
         if ordered is None:
             members = self._by_name.get(name, set())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ from metricstore.storage.base import (
     check_aggregation,
 )
 from metricstore.storage.index import SeriesIds, SeriesIndex
+from metricstore.storage.matchers import Matcher
 from metricstore.storage.results import Aggregation, SeriesResult, assemble_results
 from metricstore.storage.shard import MAX_TIME, ShardStore
 from metricstore.times import timedelta_to_ms
@@ -140,10 +141,13 @@ class InMemoryTimeSeriesStorage(TimeSeriesStorage):
         return assemble_results(ordered, self._index.keys, self._index.units, *rows)
 
     async def read_latest(
-        self, metric_name: str, labels: dict[str, str] | None = None
+        self,
+        metric_name: str,
+        labels: dict[str, str] | None = None,
+        matchers: Sequence[Matcher] = (),
     ) -> list[SeriesResult]:
         floor, _ = self._window(None, None, self._now_ms())
-        ordered = self._select(metric_name, labels)
+        ordered = self._index.select(metric_name, labels, matchers)
         rows = self._shard.read_latest(np.sort(ordered), floor)
         return assemble_results(ordered, self._index.keys, self._index.units, *rows)
 

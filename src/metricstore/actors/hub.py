@@ -1,0 +1,282 @@
+"""The subscription hub: matches stored samples against live subscriptions.
+
+The ingest actor hands the hub every stored batch without waiting (a full
+hub mailbox drops the batch for the feeds and the hub reports the loss to
+every subscriber). The hub puts matching samples into each subscriber's
+FeedBuffer, which never blocks either, so no subscriber can slow ingestion.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import trio
+
+from metricstore.actors.feed import FeedBuffer
+from metricstore.actors.messages import (
+    Envelope,
+    Inbox,
+    Mailbox,
+    Message,
+    decode_key,
+    int_column,
+    read_floats,
+    read_ints,
+    reply,
+    send_request,
+    unpack,
+)
+from metricstore.errors import MetricstoreError, ValidationError
+from metricstore.models import SeriesKey
+from metricstore.storage.aggregate import finish
+from metricstore.storage.blocks import Float64Array, Int64Array, Partials
+from metricstore.storage.matchers import Matcher, matches_key
+from metricstore.storage.results import Aggregation
+
+logger = logging.getLogger("metricstore.actors.hub")
+
+# How long after a rollup bucket ends its value is sent, so samples that
+# arrive a little late still count in it.
+ROLLUP_GRACE_MS = 1000
+# How often the hub checks for finished rollup buckets, in seconds.
+ROLLUP_TICK_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    step_ms: int
+    aggregation: Aggregation
+
+
+@dataclass(slots=True)
+class Selector:
+    """A metric name and matchers, with the verdict for each series id seen."""
+
+    metric: str
+    matchers: tuple[Matcher, ...]
+    # Per series id: 1 matches, 0 does not, -1 not decided yet.
+    verdicts: Int64Array = field(default_factory=lambda: np.full(0, -1, dtype=np.int64))
+    subscriptions: set[int] = field(default_factory=set)
+
+    def decide(self, series_ids: Int64Array, keys: dict[int, SeriesKey]) -> None:
+        if series_ids.size == 0:
+            return
+        size = int(series_ids.max()) + 1
+        if size > self.verdicts.size:
+            grown = np.full(max(size, self.verdicts.size * 2), -1, dtype=np.int64)
+            grown[: self.verdicts.size] = self.verdicts
+            self.verdicts = grown
+        undecided = series_ids[self.verdicts[series_ids] < 0]
+        for series_id in np.unique(undecided).tolist():
+            key = keys[series_id]
+            self.verdicts[series_id] = int(
+                key[0] == self.metric and matches_key(key, self.matchers)
+            )
+
+
+@dataclass(slots=True)
+class Subscription:
+    buffer: FeedBuffer
+    name: str
+    selector: Selector
+    rollup: Rollup | None
+    # Rollup state per series id: the start of its newest bucket, and that
+    # bucket's partials while it is open (None once sent).
+    buckets: dict[int, tuple[int, Partials | None]] = field(default_factory=dict)
+
+
+class HubActor:
+    """Owns the subscriptions; takes ``stored`` batches, ``subscribe`` and ``unsubscribe``.
+
+    A ``subscribe`` envelope carries the subscriber's FeedBuffer as its
+    attachment and gets back a token for ``unsubscribe``. The hub asks the
+    index for the keys of series ids it has not seen. ``clock`` returns Unix
+    seconds and decides when rollup buckets have ended.
+    """
+
+    def __init__(self, index: Mailbox, clock: Callable[[], float] = time.time) -> None:
+        self._index = index
+        self._clock = clock
+        self._keys: dict[int, SeriesKey] = {}
+        self._selectors: dict[tuple[str, tuple[Matcher, ...]], Selector] = {}
+        self._subscriptions: dict[int, Subscription] = {}
+        self._next_token = 1
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self._subscriptions)
+
+    async def run(self, inbox: Inbox) -> None:
+        logger.debug("hub started")
+        try:
+            async with inbox, trio.open_nursery() as nursery:
+                nursery.start_soon(self._tick)
+                async for envelope in inbox:
+                    await self._handle(envelope)
+                nursery.cancel_scope.cancel()
+        finally:
+            for subscription in self._subscriptions.values():
+                subscription.buffer.close("the server is shutting down")
+            await self._index.aclose()
+        logger.debug("hub stopped")
+
+    async def _handle(self, envelope: Envelope) -> None:
+        message = unpack(envelope.payload)
+        kind = message["type"]
+        if kind == "stored":
+            await self._deliver(message)
+        elif kind == "subscribe":
+            assert isinstance(envelope.attachment, FeedBuffer)
+            try:
+                token = self._subscribe(envelope.attachment, message)
+            except ValidationError as error:
+                logger.warning("hub rejected a subscription: %s", error)
+                await reply(envelope, {"error": str(error)})
+                return
+            await reply(envelope, {"token": token})
+        elif kind == "unsubscribe":
+            self._unsubscribe(message["token"])
+            await reply(envelope, {})
+        elif kind == "stats":
+            await reply(envelope, {"subscriptions": len(self._subscriptions)})
+        else:
+            logger.error("hub got an unknown message type %r", kind)
+            await reply(envelope, {"error": f"unknown message type {kind!r}"})
+
+    def _subscribe(self, buffer: FeedBuffer, message: Message) -> int:
+        matchers = tuple(Matcher.parse(item) for item in message["matchers"])
+        selector_key = (message["metric"], matchers)
+        selector = self._selectors.get(selector_key)
+        if selector is None:
+            selector = Selector(message["metric"], matchers)
+            self._selectors[selector_key] = selector
+        rollup = None
+        if message.get("step_ms"):
+            rollup = Rollup(message["step_ms"], message["aggregation"])
+        token = self._next_token
+        self._next_token += 1
+        selector.subscriptions.add(token)
+        self._subscriptions[token] = Subscription(buffer, message["name"], selector, rollup)
+        return token
+
+    def _unsubscribe(self, token: int) -> None:
+        subscription = self._subscriptions.pop(token, None)
+        if subscription is None:
+            return
+        selector = subscription.selector
+        selector.subscriptions.discard(token)
+        if not selector.subscriptions:
+            del self._selectors[(selector.metric, selector.matchers)]
+
+    async def _deliver(self, message: Message) -> None:
+        dropped = message.get("dropped", 0)
+        if dropped:
+            logger.warning("hub mailbox was full: %d stored samples missed the feeds", dropped)
+            for subscription in self._subscriptions.values():
+                subscription.buffer.drop(subscription.name, dropped)
+        if not self._selectors:
+            return
+
+        series = read_ints(message["ids"])
+        timestamps = read_ints(message["timestamps"])
+        values = read_floats(message["values"])
+        await self._learn_keys(series)
+        for selector in self._selectors.values():
+            selector.decide(series, self._keys)
+            mask = selector.verdicts[series] == 1
+            if not mask.any():
+                continue
+            matched = (series[mask], timestamps[mask], values[mask])
+            for token in selector.subscriptions:
+                self._offer(self._subscriptions[token], *matched)
+
+    async def _learn_keys(self, series: Int64Array) -> None:
+        unknown = [i for i in np.unique(series).tolist() if i not in self._keys]
+        if not unknown:
+            return
+        try:
+            answer = await send_request(
+                self._index, {"type": "keys", "ids": int_column(np.array(unknown, np.int64))}
+            )
+        except MetricstoreError:
+            return
+        for series_id, encoded in zip(unknown, answer["series"], strict=True):
+            self._keys[series_id] = decode_key(encoded)[0]
+
+    def _offer(
+        self,
+        subscription: Subscription,
+        series: Int64Array,
+        timestamps: Int64Array,
+        values: Float64Array,
+    ) -> None:
+        if subscription.rollup is None:
+            keys = [self._keys[i] for i in series.tolist()]
+            subscription.buffer.put(subscription.name, keys, series, timestamps, values)
+            return
+        self._accumulate(subscription, subscription.rollup, series, timestamps, values)
+
+    def _accumulate(
+        self,
+        subscription: Subscription,
+        rollup: Rollup,
+        series: Int64Array,
+        timestamps: Int64Array,
+        values: Float64Array,
+    ) -> None:
+        step = rollup.step_ms
+        combined = Partials.from_samples(series, timestamps, values)
+        combined = combined.combine(timestamps // step * step)
+        finished: list[tuple[int, int, Partials]] = []
+        for row in range(combined.size):
+            part = combined.take(np.array([row]))
+            series_id = int(part.series[0])
+            bucket = int(part.timestamps[0])
+            current = subscription.buckets.get(series_id)
+            if current is None or bucket > current[0]:
+                if current is not None and current[1] is not None:
+                    finished.append((series_id, current[0], current[1]))
+                subscription.buckets[series_id] = (bucket, part)
+            elif bucket == current[0] and current[1] is not None:
+                merged = Partials.concatenate([current[1], part])
+                subscription.buckets[series_id] = (bucket, merged.combine(merged.timestamps))
+            else:
+                # The bucket was already sent: a late sample cannot change it.
+                subscription.buffer.drop(subscription.name, int(part.counts[0]))
+        self._emit(subscription, rollup, finished)
+
+    def _emit(
+        self, subscription: Subscription, rollup: Rollup, finished: list[tuple[int, int, Partials]]
+    ) -> None:
+        if not finished:
+            return
+        series = np.array([series_id for series_id, _, _ in finished], dtype=np.int64)
+        buckets = np.array([bucket for _, bucket, _ in finished], dtype=np.int64)
+        values = np.concatenate([finish(part, rollup.aggregation) for _, _, part in finished])
+        keys = [self._keys[i] for i in series.tolist()]
+        subscription.buffer.put(subscription.name, keys, series, buckets, values)
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(ROLLUP_TICK_S)
+            self.flush_rollups(round(self._clock() * 1000))
+
+    def flush_rollups(self, now_ms: int) -> None:
+        """Send every rollup bucket that ended at least the grace period ago."""
+        for subscription in self._subscriptions.values():
+            rollup = subscription.rollup
+            if rollup is None:
+                continue
+            finished = []
+            for series_id, (bucket, part) in subscription.buckets.items():
+                if part is not None and bucket + rollup.step_ms + ROLLUP_GRACE_MS <= now_ms:
+                    finished.append((series_id, bucket, part))
+            for series_id, bucket, _ in finished:
+                # The start stays, so late samples for it count as dropped
+                # instead of reopening it.
+                subscription.buckets[series_id] = (bucket, None)
+            self._emit(subscription, rollup, finished)
