@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
+
+import metricstore
 
 STEP_MS = 15_000
 RETENTION = "30d"
@@ -200,6 +203,17 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float | None:
+    """Return CPU seconds all processes on this machine have used, summed over cores."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -209,12 +223,57 @@ def machine_info() -> dict[str, Any]:
         "msgpack": ".".join(map(str, msgpack.version)),
     }
     with contextlib.suppress(OSError, subprocess.SubprocessError):
+        # The revision of the metricstore that servers run (PYTHONPATH may pick another).
+        package = os.path.dirname(os.path.abspath(metricstore.__file__))
+        info["metricstore"] = package
+        described = subprocess.run(
+            ["git", "-C", package, "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        info["revision"] = described.stdout.strip() or "not a git checkout"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
         for line in lscpu.splitlines():
             key, _, value = line.partition(":")
             if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Hypervisor vendor"):
                 info[key.strip()] = value.strip()
     return info
+
+
+class Profiler:
+    """``py-spy record`` of a process while the block runs; a no-op without ``output``."""
+
+    def __init__(self, pid: int, output: str | None, rate: int = 100) -> None:
+        self._command: list[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        if output is None:
+            return
+        py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        if not os.path.exists(py_spy):
+            raise SystemExit("py-spy not found: pip install py-spy to profile")
+        self._command = [py_spy, "record", "-p", str(pid), "-r", str(rate)]
+        self._command += ["--format", "raw", "-o", output]
+
+    def __enter__(self) -> Profiler:
+        if self._command is not None:
+            self._process = subprocess.Popen(
+                self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(0.5)  # let it attach
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._process is None:
+            return
+        # py-spy writes its output when interrupted.
+        self._process.send_signal(signal.SIGINT)
+        try:
+            self._process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(STOP_TIMEOUT_S)
 
 
 # -- statistics ----------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,6 +39,7 @@ from _harness import (
     STEP_MS,
     FrameEncoder,
     FrameSource,
+    Profiler,
     ServerProcess,
     aligned_now_ms,
     container_series,
@@ -45,6 +47,7 @@ from _harness import (
     define_series,
     http_base,
     ingest_connection,
+    machine_busy_seconds,
     machine_info,
     median,
     memory_kib,
@@ -84,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-pid", type=int, help="PID of the --url server, for RSS and CPU")
     parser.add_argument("--series", type=int, default=10_000, help="series per frame")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per mode")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per timed run")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per timed run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per mode")
     parser.add_argument("--window", type=int, default=8, help="most frames awaiting an ack")
     parser.add_argument("--max-frames", type=int, default=2000, help="most frames per run")
@@ -96,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra argument for a started server, e.g. --server-arg=--retention-interval=1h",
     )
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--profile-dir", help="record the server with py-spy into DIR/ws_MODE.txt (raw format)"
+    )
     args = parser.parse_args(argv)
     if args.series < 10 or args.runs < 1 or args.window < 1 or args.max_frames < 1:
         parser.error("--series >= 10, --runs, --window and --max-frames >= 1")
@@ -151,6 +157,7 @@ async def run_client(config: ClientConfig) -> dict[str, Any]:
                 continue
             client_cpu = time.process_time()
             server_cpu = cpu_seconds(config.server_pid) if config.server_pid else None
+            machine_cpu = machine_busy_seconds()
             result = await stream_frames(
                 ws,
                 source,
@@ -173,8 +180,14 @@ async def run_client(config: ClientConfig) -> dict[str, Any]:
                 "client_cpu_s": time.process_time() - client_cpu,
             }
             server_after = cpu_seconds(config.server_pid) if config.server_pid else None
+            machine_after = machine_busy_seconds()
             if server_cpu is not None and server_after is not None:
                 run["server_cpu_s"] = server_after - server_cpu
+                if machine_cpu is not None and machine_after is not None:
+                    # CPU that neither the server nor this client used: other load.
+                    run["other_cpu_s"] = max(
+                        0.0, machine_after - machine_cpu - run["server_cpu_s"] - run["client_cpu_s"]
+                    )
             report["runs"].append(run)
             if not result.clean:
                 break
@@ -237,16 +250,21 @@ def run_mode(args: argparse.Namespace, mode: str, url: str, pid: int | None) -> 
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     client = context.Process(target=client_main, args=(config, sender), name=f"client-{mode}")
-    client.start()
-    sender.close()
+    profile = None
+    if args.profile_dir and pid is not None:
+        profile = os.path.join(args.profile_dir, f"ws_{mode}.txt")
     timeout = (args.runs * args.duration + args.warmup) * 4 + CLIENT_TIMEOUT_SLACK_S
     try:
-        if not receiver.poll(timeout):
-            raise RuntimeError(f"the {mode} client gave no result within {timeout:.0f}s")
-        message = receiver.recv()
+        with Profiler(pid or 0, profile):
+            client.start()
+            sender.close()
+            if not receiver.poll(timeout):
+                raise RuntimeError(f"the {mode} client gave no result within {timeout:.0f}s")
+            message = receiver.recv()
     finally:
-        client.join(10)
-        if client.is_alive():
+        if client.pid is not None:
+            client.join(10)
+        if client.pid is not None and client.is_alive():
             client.terminate()  # by PID
             client.join(10)
     if "error" in message:
@@ -268,6 +286,11 @@ def run_mode(args: argparse.Namespace, mode: str, url: str, pid: int | None) -> 
         stored_delta=stored,
         problems=problems,
         median_samples_per_s=median([run["samples_per_s"] for run in timed]),
+        overall_samples_per_s=sum(run["accepted"] for run in timed)
+        / max(sum(run["elapsed_s"] for run in timed), 1e-9),
+        samples_per_server_cpu_s=median(
+            [run["accepted"] / run["server_cpu_s"] for run in timed if run.get("server_cpu_s")]
+        ),
         min_samples_per_s=min((run["samples_per_s"] for run in timed), default=0.0),
         max_samples_per_s=max((run["samples_per_s"] for run in timed), default=0.0),
         stats={key: stats.get(key) for key in ("series", "raw_samples", "memory_bytes", "blocks")},
@@ -284,28 +307,41 @@ def summarize(report: dict[str, Any]) -> str:
     rate = report["median_samples_per_s"]
     lines = [
         f"{report['mode']}: median {rate:,.0f} samples/s over {len(timed)} runs "
-        f"(min {report['min_samples_per_s']:,.0f}, max {report['max_samples_per_s']:,.0f}); "
+        f"(min {report['min_samples_per_s']:,.0f}, max {report['max_samples_per_s']:,.0f}, "
+        f"all runs together {report['overall_samples_per_s']:,.0f}); "
         f"{'clean' if report['clean'] else 'NOT CLEAN'}: sent {report['sent_total']:,}, "
         f"accepted {report['accepted_total']:,}, stored {report['stored_delta']:,}",
     ]
+    if report["samples_per_server_cpu_s"] == report["samples_per_server_cpu_s"]:  # not NaN
+        lines.append(
+            f"  per server CPU second: median {report['samples_per_server_cpu_s']:,.0f} samples "
+            "(the rate with a core to itself)"
+        )
     for run in timed:
         cpu = ""
         if "server_cpu_s" in run:
             cpu = (
                 f", server CPU {run['server_cpu_s'] / run['elapsed_s']:.0%}"
+                f" ({run['server_cpu_s'] / max(run['frames'], 1) * 1000:.1f} ms/frame)"
                 f", client CPU {run['client_cpu_s'] / run['elapsed_s']:.0%}"
+                f", other CPU {run.get('other_cpu_s', 0.0) / run['elapsed_s']:.0%}"
             )
         lines.append(
             f"  run: {run['samples_per_s']:>12,.0f} samples/s, {run['frames']} frames in "
             f"{run['elapsed_s']:.2f}s, ack p50 {run['ack_p50_ms']:.1f} ms "
             f"p99 {run['ack_p99_ms']:.1f} ms{cpu}"
         )
-    decode_ms = baseline.get("decode_rows_ms", baseline["decode_ms"])
-    lines.append(
-        f"  frame {baseline['frame_bytes']:,} bytes; client encode {baseline['encode_ms']:.2f} ms; "
-        f"server-side decode alone {decode_ms:.2f} ms = {series / decode_ms * 1000:,.0f} samples/s"
-        f" (end-to-end is {rate / (series / decode_ms * 1000):.0%} of that)"
+    line = (
+        f"  frame {baseline['frame_bytes']:,} bytes; client encode {baseline['encode_ms']:.2f} ms"
     )
+    if "decode_rows_ms" in baseline:
+        decode_ms = baseline["decode_rows_ms"]
+        ceiling = series / decode_ms * 1000
+        line += (
+            f"; server's frame decoding and row validation alone {decode_ms:.1f} ms = "
+            f"{ceiling:,.0f} samples/s (end-to-end reaches {rate / ceiling:.0%} of that)"
+        )
+    lines.append(line)
     memory = report.get("server_memory_kib", {})
     stats = report["stats"]
     if memory:

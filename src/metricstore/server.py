@@ -12,6 +12,7 @@ from hypercorn.trio import serve
 
 from metricstore.actors.scraper import ScrapeTarget, run_scraper
 from metricstore.http.app import SELF_METRICS_PATH, create_app
+from metricstore.http.feeds import FeedLimits
 from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
 from metricstore.telemetry import Telemetry
@@ -37,6 +38,7 @@ class ServerConfig:
     # Scrape the server's own /-/metrics as job "metricstore".
     self_scrape: bool = True
     retention_interval_s: float = 10.0
+    feed_limits: FeedLimits = field(default_factory=FeedLimits)
 
 
 async def run_server(
@@ -62,7 +64,9 @@ async def run_server(
     ready = trio.Event()
     telemetry = Telemetry()
     async with open_pipeline(pipeline) as storage:
-        app = create_app(storage, telemetry=telemetry, ready=ready)
+        app = create_app(
+            storage, telemetry=telemetry, ready=ready, feed_limits=config.feed_limits
+        )
         hypercorn = HypercornConfig()
         hypercorn.bind = [f"{_bracket(config.host)}:{config.port}"]
         hypercorn.graceful_timeout = GRACEFUL_TIMEOUT_S

@@ -70,6 +70,11 @@ class FeedBuffer:
         self._behind_since: float | None = None
         self.total_dropped = 0
         self.closed_reason: str | None = None
+        # Set on close, so a connection blocked sending to its client can
+        # still react at once.
+        self.closed = trio.Event()
+        # True when the buffer closed because its subscriber stayed behind.
+        self.too_slow = False
 
     @property
     def size(self) -> int:
@@ -105,15 +110,21 @@ class FeedBuffer:
             self._ready.set()
 
     def close(self, reason: str) -> None:
+        """Close the buffer and free what it holds; ``get`` then raises FeedClosed."""
         if self.closed_reason is None:
             self.closed_reason = reason
+        self._pending = {}
+        self._dropped = {}
+        self._size = 0
         self._ready.set()
+        self.closed.set()
 
     def _coalesce(self) -> None:
         now = trio.current_time()
         if self._behind_since is None:
             self._behind_since = now
         elif now - self._behind_since > self.max_lag_s:
+            self.too_slow = True
             self.close(
                 f"subscriber too slow: over its buffer of {self.max_samples} samples for more "
                 f"than {self.max_lag_s:g}s, {self.total_dropped} samples dropped"

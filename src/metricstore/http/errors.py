@@ -50,9 +50,8 @@ async def _http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     if status == 413:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
-        # The rest of the body may still be in flight, so the connection
-        # cannot carry another request; without this header a keep-alive
-        # client reuses it and the next request fails or hangs.
+        # The rest of the body may still be in flight, so the connection must
+        # close. A keep-alive client would otherwise reuse it and hang.
         return json_response(
             {"error": f"request body too large: more than max_body_bytes={limit} bytes"},
             status,

@@ -32,8 +32,10 @@ from metricstore.times import format_rfc3339, parse_duration
 
 logger = logging.getLogger("metricstore.http.feeds")
 
-# Close codes (RFC 6455): 1008 policy violation for a subscriber too slow to
-# keep up, 1013 try again later when the server has no room for another.
+# Close codes (RFC 6455): 1001 going away at shutdown, 1008 policy violation
+# for a subscriber too slow to keep up, 1013 try again later when the server
+# has no room for another.
+CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_SLOW = 1008
 CLOSE_TRY_LATER = 1013
 _SUBSCRIPTION_ID_RE = re.compile(r"[^\x00-\x1f]{1,128}")
@@ -96,6 +98,8 @@ class _FeedConnection:
         self.subscriptions: dict[str, _Subscription] = {}
         self.binary = False
         self.send_lock = trio.Lock()
+        # Set once the server closed the socket; later frames are not sent.
+        self.closed = False
 
     def encode(self, frame: dict[str, Any]) -> str | bytes:
         if self.binary:
@@ -105,7 +109,8 @@ class _FeedConnection:
 
     async def send(self, frame: dict[str, Any]) -> None:
         async with self.send_lock:
-            await websocket.send(self.encode(frame))
+            if not self.closed:
+                await websocket.send(self.encode(frame))
 
     async def handle(self, frame: str | bytes) -> None:
         if isinstance(frame, bytes):
@@ -286,12 +291,10 @@ def create_feeds_blueprint(
             telemetry.websocket_connections.labels(endpoint).inc(delta)
 
     def on_closed(peer: object, buffer: FeedBuffer, reason: str) -> None:
-        logger.warning(
-            "disconnecting subscriber %s: %s (%d samples dropped in total)",
-            peer,
-            reason,
-            buffer.total_dropped,
-        )
+        if not buffer.too_slow:
+            logger.debug("closing feed of %s: %s", peer, reason)
+            return
+        logger.warning("disconnecting subscriber %s: %s", peer, reason)
         if telemetry is not None:
             telemetry.feed_disconnects.inc()
 
@@ -313,17 +316,8 @@ def create_feeds_blueprint(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_heartbeats, connection)
-
-                async def write() -> None:
-                    try:
-                        while True:
-                            await connection.deliver(await connection.buffer.get())
-                    except FeedClosed as closed:
-                        on_closed(peer, connection.buffer, str(closed))
-                        await websocket.close(CLOSE_TOO_SLOW, str(closed)[:120])
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(write)
+                nursery.start_soon(_write, connection)
+                nursery.start_soon(_disconnect_when_closed, connection, nursery.cancel_scope)
                 while True:
                     await connection.handle(await websocket.receive())
         finally:
@@ -332,6 +326,21 @@ def create_feeds_blueprint(
                 await connection.close_all()
             track(-1, "subscribe")
             logger.debug("subscriber %s disconnected", peer)
+
+    async def _disconnect_when_closed(connection: _FeedConnection, scope: trio.CancelScope) -> None:
+        buffer = connection.buffer
+        await buffer.closed.wait()
+        reason = buffer.closed_reason or "feed closed"
+        on_closed(connection.peer, buffer, reason)
+        # The subscriptions go now, even if the socket is stuck sending: a
+        # send to a client that stopped reading blocks (hypercorn shields
+        # it) until the client reads again.
+        await connection.close_all()
+        connection.closed = True
+        code = CLOSE_TOO_SLOW if buffer.too_slow else CLOSE_GOING_AWAY
+        async with connection.send_lock:
+            await websocket.close(code, reason[:120])
+        scope.cancel()
 
     @blueprint.get("/metrics/<metric_name>/stream")
     async def stream(metric_name: str) -> Response:
@@ -365,6 +374,16 @@ def create_feeds_blueprint(
         return response
 
     return blueprint
+
+
+async def _write(connection: _FeedConnection) -> None:
+    # FeedClosed ends the loop; the closing itself is done by the task that
+    # waits on the buffer's closed event.
+    try:
+        while True:
+            await connection.deliver(await connection.buffer.get())
+    except FeedClosed:
+        return
 
 
 async def _heartbeats(connection: _FeedConnection) -> None:

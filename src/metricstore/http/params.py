@@ -13,8 +13,8 @@ from metricstore.storage.base import check_aggregation
 from metricstore.storage.results import Aggregation
 from metricstore.times import parse_duration, parse_time
 
-# The longest duration or step: the whole span of supported times. Longer
-# ones overflow int64 milliseconds further down.
+# Maximum duration or step: the whole span of supported times. Longer ones
+# overflow the int64 milliseconds that storage works in.
 MAX_DURATION_MS = MAX_TIME_MS - MIN_TIME_MS
 
 
@@ -52,7 +52,9 @@ class QueryParams:
             return None
         ms = parse_duration(value, name)
         if ms > MAX_DURATION_MS:
-            raise ValidationError(name, value, "longer than the span of supported times")
+            raise ValidationError(
+                name, value, "longer than the span of supported times, year 1 to 9999"
+            )
         return ms
 
     def window(self, now_ms: int) -> TimeWindow:

@@ -62,7 +62,7 @@ def _parse_float(text: str) -> float | _OutOfRangeNumber:
 
 
 def loads_json(data: str | bytes) -> Any:
-    """Parse JSON; bare NaN/Infinity tokens and out-of-range numbers become markers."""
+    """Parse JSON, turning bare NaN/Infinity tokens and out-of-range numbers into markers."""
     try:
         return json.loads(data, parse_constant=_BareConstant, parse_float=_parse_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -248,30 +248,28 @@ class IngestSession:
             raise FrameError("series must be a list of {name, labels, unit?}", seq)
         definitions: list[SeriesDefinition] = []
         series_errors: dict[int, str] = {}
+        # Maps each entry to its slot among the valid definitions, or to -1 if
+        # it is invalid. The extra last item is -1 for indexes out of range.
+        slot_of = np.full(len(series) + 1, -1, dtype=np.int64)
         for slot, entry in enumerate(series):
             try:
                 _, definition = _parse_definition(entry, self._limits, needs_id=False)
             except ValidationError as error:
                 series_errors[slot] = str(error)
-                definition = SeriesDefinition(("", ()))
+                continue
+            slot_of[slot] = len(definitions)
             definitions.append(definition)
 
-        valid_slot = np.zeros(len(definitions) + 1, dtype=np.bool_)
-        valid_slot[: len(definitions)] = True
-        for slot in series_errors:
-            valid_slot[slot] = False
-        in_range = index < len(definitions)
-        ok = in_range & valid_slot[np.where(in_range, index, len(definitions))]
+        slots = slot_of[np.minimum(index, len(series))]
+        ok = slots >= 0
         rejected: list[tuple[int, str]] = []
         for position, slot in zip(positions[~ok].tolist(), index[~ok].tolist(), strict=True):
-            if slot >= len(definitions):
-                reason = (
-                    f"series_index {slot} is out of range: series has {len(definitions)} entries"
-                )
+            if slot >= len(series):
+                reason = f"series_index {slot} is out of range: series has {len(series)} entries"
             else:
                 reason = f"series {slot} is invalid: {series_errors[slot]}"
             rejected.append((position, reason))
-        batch = SampleBatch(definitions, index[ok], timestamps[ok], values[ok], positions[ok])
+        batch = SampleBatch(definitions, slots[ok], timestamps[ok], values[ok], positions[ok])
         return _merge(await self._storage.ingest_batch(batch), rejected)
 
 
@@ -352,8 +350,8 @@ def create_ingest_blueprint(
             while True:
                 frame = await websocket.receive()
                 binary = isinstance(frame, bytes)
-                # The limit is in bytes; a text frame arrives decoded, and
-                # its UTF-8 form may be up to four times its length.
+                # The limit counts bytes, but a text frame arrives decoded, and
+                # its UTF-8 form may be up to four times longer.
                 size = len(frame) if isinstance(frame, bytes) else _utf8_length(frame)
                 if size > limits.max_frame_bytes:
                     reason = (

@@ -1,0 +1,178 @@
+"""Matchers, the feed buffer and the hub's rollups, without HTTP."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import trio
+
+from metricstore import MetricValue, RetentionPolicy
+from metricstore.actors.feed import FeedBuffer, FeedClosed
+from metricstore.errors import ValidationError
+from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
+from metricstore.storage.index import SeriesIndex
+from metricstore.storage.matchers import Matcher, matches_key
+
+T0 = 1_700_000_000
+
+
+def key(**labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return ("cpu", tuple(sorted(labels.items())))
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "expected"),
+    [
+        ("=", "web", [True, False, False]),
+        ("!=", "web", [False, True, True]),
+        ("=~", "web|db", [True, True, False]),
+        ("=~", "w", [False, False, False]),  # anchored: "w" does not match "web"
+        ("!~", "w.*", [False, True, True]),
+        ("=", "", [False, False, True]),  # absent label reads as ""
+        ("=~", ".*", [True, True, True]),
+        ("!=", "", [True, True, False]),
+    ],
+)
+def test_matcher_semantics(op: str, value: str, expected: list[bool]) -> None:
+    matcher = Matcher.parse({"label": "container", "op": op, "value": value})
+    keys = [key(container="web"), key(container="db"), key(host="a")]
+    assert [matches_key(k, [matcher]) for k in keys] == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"label": "c", "op": "==", "value": "x"}, "must be one of =, !=, =~, !~"),
+        ({"label": "1c", "op": "=", "value": "x"}, "label name must match"),
+        ({"label": "c", "op": "=~", "value": "(unclosed"}, "invalid regex"),
+        ({"label": "c", "op": "=", "value": 5}, "must be a string"),
+        ({"label": "c", "value": "x", "extra": 1}, "unknown matcher field"),
+        ("c=x", "a matcher must be"),
+    ],
+)
+def test_matcher_rejects(data: object, fragment: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        Matcher.parse(data)
+    assert fragment in str(raised.value)
+
+
+def test_index_select_with_matchers() -> None:
+    index = SeriesIndex()
+    ids = [index.resolve(key(container=c, host="a"))[0] for c in ("web", "db", "cache")]
+    index.activate(ids)
+    matcher = Matcher.parse({"label": "container", "op": "!~", "value": "web|db"})
+    selected = index.select("cpu", {"host": "a"}, [matcher])
+    assert [index.keys[i] for i in selected.tolist()] == [key(container="cache", host="a")]
+
+
+def push(buffer: FeedBuffer, series: list[int], times: list[int]) -> None:
+    ids = np.array(series, dtype=np.int64)
+    buffer.put(
+        "s",
+        [key(n=str(i)) for i in series],
+        ids,
+        np.array(times, dtype=np.int64),
+        np.array(times, dtype=np.float64),
+    )
+
+
+async def test_buffer_coalesces_newest(autojump_clock: trio.testing.MockClock) -> None:
+    buffer = FeedBuffer(max_samples=4, max_lag_s=10)
+    push(buffer, [1, 2, 1, 2], [10, 11, 12, 13])
+    push(buffer, [1, 3], [14, 15])
+    batch = await buffer.get()
+    samples = batch.samples[0]
+    assert samples.timestamps.tolist() == [13, 14, 15]
+    assert [k[1] for k in samples.keys] == [(("n", "2"),), (("n", "1"),), (("n", "3"),)]
+    assert batch.dropped == {"s": 3}
+    assert buffer.total_dropped == 3
+
+
+async def test_buffer_closes_when_behind(autojump_clock: trio.testing.MockClock) -> None:
+    buffer = FeedBuffer(max_samples=2, max_lag_s=5)
+    push(buffer, [1, 2, 3], [1, 2, 3])
+    await trio.sleep(6)
+    push(buffer, [1, 2, 3], [4, 5, 6])
+    assert buffer.closed_reason is not None
+    assert "subscriber too slow" in buffer.closed_reason
+    with pytest.raises(FeedClosed):
+        await buffer.get()
+
+
+async def test_buffer_drained_resets_lag(autojump_clock: trio.testing.MockClock) -> None:
+    buffer = FeedBuffer(max_samples=2, max_lag_s=5)
+    push(buffer, [1, 2, 3], [1, 2, 3])
+    await buffer.get()
+    await trio.sleep(6)
+    push(buffer, [1, 2, 3], [4, 5, 6])
+    assert buffer.closed_reason is None
+
+
+async def test_buffer_get_waits(autojump_clock: trio.testing.MockClock) -> None:
+    buffer = FeedBuffer(max_samples=10, max_lag_s=5)
+    with trio.move_on_after(1) as scope:
+        await buffer.get()
+    assert scope.cancelled_caught
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+async def test_hub_rollup_steps(autojump_clock: trio.testing.MockClock) -> None:
+    clock = Clock(T0 + 100)
+    base = (T0 + 60) // 10 * 10
+    config = PipelineConfig(policy=RetentionPolicy("p", timedelta(days=1)), clock=clock)
+    async with open_pipeline(config) as storage:
+        buffer = FeedBuffer(1000, 60)
+        await storage.subscribe(buffer, "r", "cpu", step_ms=10_000, aggregation="sum")
+        await storage.store_metrics(
+            [MetricValue("cpu", float(v), at(base + t)) for t, v in ((0, 1), (4, 2), (9, 3))]
+        )
+        await storage.store_metrics([MetricValue("cpu", 10.0, at(base + 12))])
+        # The first sample of the next bucket closes [base, base + 10).
+        batch = await buffer.get()
+        assert batch.samples[0].timestamps.tolist() == [base * 1000]
+        assert batch.samples[0].values.tolist() == [6.0]
+
+        # The open bucket is sent once the clock passes its end plus 1 s.
+        await storage.store_metrics([MetricValue("cpu", 5.0, at(base + 15))])
+        clock.now = base + 21
+        batch = await buffer.get()
+        assert batch.samples[0].timestamps.tolist() == [(base + 10) * 1000]
+        assert batch.samples[0].values.tolist() == [15.0]
+
+        # A late sample for a sent bucket is counted as dropped.
+        await storage.store_metrics([MetricValue("cpu", 7.0, at(base + 16))])
+        batch = await buffer.get()
+        assert batch.dropped == {"r": 1}
+
+
+async def test_hub_matches_new_series(autojump_clock: trio.testing.MockClock) -> None:
+    clock = Clock(T0)
+    config = PipelineConfig(policy=RetentionPolicy("p", timedelta(days=1)), clock=clock)
+    async with open_pipeline(config) as storage:
+        buffer = FeedBuffer(1000, 60)
+        matcher = Matcher.parse({"label": "c", "op": "=~", "value": "web-.*"})
+        await storage.subscribe(buffer, "m", "cpu", [matcher])
+        await storage.store_metrics(
+            [
+                MetricValue("cpu", 1.0, at(T0), {"c": "web-1"}),
+                MetricValue("cpu", 2.0, at(T0), {"c": "db-1"}),
+                MetricValue("mem", 3.0, at(T0), {"c": "web-1"}),
+                MetricValue("cpu", 4.0, at(T0 + 1), {"c": "web-2"}),
+            ]
+        )
+        batch = await buffer.get()
+        assert batch.samples[0].values.tolist() == [1.0, 4.0]
+        assert batch.samples[0].keys == [key(c="web-1"), key(c="web-2")]
