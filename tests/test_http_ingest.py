@@ -537,10 +537,6 @@ async def test_duplicate_within_batch(client: httpx.AsyncClient, now_s: float) -
     assert (await points(client, "dup"))[0]["points"] == [{"timestamp": iso(when), "value": 1.0}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage checks duplicates only against a series' newest sample (ShardStore.append)",
-)
 @bounded
 async def test_conflict_with_older_sample(client: httpx.AsyncClient, now_s: float) -> None:
     when = int(now_s) - 60
@@ -551,10 +547,6 @@ async def test_conflict_with_older_sample(client: httpx.AsyncClient, now_s: floa
     assert response.status_code == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an identical resend of an older sample is stored twice and counted twice",
-)
 @bounded
 async def test_resend_older_sample_counted(client: httpx.AsyncClient, now_s: float) -> None:
     when = int(now_s) - 60

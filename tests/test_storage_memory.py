@@ -298,6 +298,20 @@ async def test_duplicates_conflict_rejected() -> None:
     assert len(raw) == 1
 
 
+async def test_duplicates_of_older_samples() -> None:
+    storage, engine, clock = make()
+    now = clock.now
+    await storage.store_metrics([sample("x", 1.0, now - 60), sample("x", 2.0, now)])
+    result = await storage.store_metrics(
+        [sample("x", 5.0, now - 60), sample("x", 1.0, now - 60), sample("x", 3.0, now - 30)]
+    )
+    assert [r.index for r in result.rejected] == [0]
+    assert "different value" in result.rejected[0].error
+    assert result.accepted == 2
+    found = await engine.query_metrics("x", start_time=at(now - 3600), aggregation="count")
+    assert found[0].value == 3.0
+
+
 async def test_duplicates_within_batch() -> None:
     storage, _, clock = make()
     now = clock.now

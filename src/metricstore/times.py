@@ -34,9 +34,11 @@ _NUMBER_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 # which would silently mean local time, so the offset is checked first.
 _RFC3339_OFFSET_RE = re.compile(r"(Z|z|[+-]\d\d:\d\d)$")
 
-# The widest span that int64 milliseconds and datetime can both carry.
-_MIN_MS = int(datetime(1, 1, 2, tzinfo=UTC).timestamp() * 1000)
-_MAX_MS = int(datetime(9999, 12, 30, tzinfo=UTC).timestamp() * 1000)
+# The times that can be written back as RFC 3339 (years 1 to 9999, with a
+# day of margin for offsets). Every input path rejects times outside them.
+MIN_TIME_MS = int(datetime(1, 1, 2, tzinfo=UTC).timestamp() * 1000)
+MAX_TIME_MS = int(datetime(9999, 12, 30, tzinfo=UTC).timestamp() * 1000)
+TIME_RANGE_RULE = "outside the supported range 0001-01-02T00:00:00Z to 9999-12-30T00:00:00Z"
 
 
 def datetime_to_ms(value: datetime) -> int:
@@ -60,7 +62,13 @@ def timedelta_to_ms(value: timedelta) -> int:
 
 
 def format_rfc3339(ms: int) -> str:
-    """Format epoch milliseconds as RFC 3339 UTC with milliseconds."""
+    """Format epoch milliseconds as RFC 3339 UTC with milliseconds.
+
+    Times outside years 1 to 9999, which RFC 3339 cannot write, are given
+    as a plain count of milliseconds instead.
+    """
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        return f"{ms} ms since the epoch"
     return ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
@@ -68,7 +76,7 @@ def seconds_to_ms(seconds: float, field: str) -> int:
     if not math.isfinite(seconds):
         raise ValidationError(field, seconds, "a time must be a finite number of Unix seconds")
     ms = round(seconds * 1000)
-    if not _MIN_MS <= ms <= _MAX_MS:
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
         raise ValidationError(
             field, seconds, "Unix seconds out of range: give seconds, not milliseconds"
         )
@@ -103,11 +111,14 @@ def parse_time(value: object, field: str) -> int:
         )
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        ms = datetime_to_ms(parsed)
+    except (ValueError, OverflowError):
         raise ValidationError(
             field, value, "not a valid RFC 3339 time (e.g. 2023-11-14T22:13:20Z)"
         ) from None
-    return datetime_to_ms(parsed)
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        raise ValidationError(field, value, TIME_RANGE_RULE)
+    return ms
 
 
 def parse_duration(value: object, field: str) -> int:

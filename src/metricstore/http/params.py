@@ -7,11 +7,10 @@ from collections.abc import Iterable
 from werkzeug.datastructures import MultiDict
 
 from metricstore.errors import ValidationError
-from metricstore.http.wire import MAX_TIME_MS, MIN_TIME_MS, TIME_RANGE_RULE
 from metricstore.query import TimeWindow, resolve_window
 from metricstore.storage.base import check_aggregation
 from metricstore.storage.results import Aggregation
-from metricstore.times import parse_duration, parse_time
+from metricstore.times import MAX_TIME_MS, MIN_TIME_MS, TIME_RANGE_RULE, parse_duration, parse_time
 
 # Maximum duration or step: the whole span of supported times. Longer ones
 # overflow the int64 milliseconds that storage works in.

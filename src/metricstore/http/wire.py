@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
@@ -19,17 +18,17 @@ from metricstore.batch import RowDecoder, SampleBatch
 from metricstore.errors import ValidationError
 from metricstore.models import Limits, parse_value
 from metricstore.storage.results import SeriesResult
-from metricstore.times import datetime_to_ms, format_rfc3339, parse_time
+from metricstore.times import (
+    MAX_TIME_MS,
+    MIN_TIME_MS,
+    TIME_RANGE_RULE,
+    format_rfc3339,
+    parse_time,
+)
 
 ROW_FIELDS = frozenset({"name", "value", "timestamp", "labels", "unit"})
 _REQUIRED_ROW_FIELDS = ("name", "value", "timestamp")
 
-# The times the server can format back as RFC 3339 (years 1 to 9999, with
-# a day of margin for offsets). Storage formats a rejected sample's time in
-# its reason, so a time outside this span must be stopped at the edge.
-MIN_TIME_MS = datetime_to_ms(datetime(1, 1, 2, tzinfo=UTC))
-MAX_TIME_MS = datetime_to_ms(datetime(9999, 12, 30, tzinfo=UTC))
-TIME_RANGE_RULE = "outside the supported range 0001-01-02T00:00:00Z to 9999-12-30T00:00:00Z"
 
 
 class DecodeError(ValueError):

@@ -27,9 +27,6 @@ from quart import Blueprint, websocket
 from metricstore.batch import SampleBatch, SeriesDefinition
 from metricstore.errors import MetricstoreError, StorageBusyError, ValidationError
 from metricstore.http.wire import (
-    MAX_TIME_MS,
-    MIN_TIME_MS,
-    TIME_RANGE_RULE,
     DecodeError,
     decode_rows,
     dumps_json,
@@ -39,6 +36,7 @@ from metricstore.http.wire import (
 from metricstore.models import Limits, SeriesKey, validate_series
 from metricstore.storage.base import IngestResult, Rejection, TimeSeriesStorage
 from metricstore.telemetry import Telemetry
+from metricstore.times import MAX_TIME_MS, MIN_TIME_MS, TIME_RANGE_RULE
 
 logger = logging.getLogger("metricstore.http.ws_ingest")
 

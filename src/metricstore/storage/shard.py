@@ -17,6 +17,7 @@ from metricstore.storage.blocks import (
     BoolArray,
     Float64Array,
     Head,
+    Int8Array,
     Int64Array,
     Partials,
     RawBlock,
@@ -116,19 +117,17 @@ class ShardStore:
         reasons[(last_ts != NO_TIME) & (times < last_ts - window)] = _OUT_OF_ORDER
         # Several samples of one series at one time: the first is stored and
         # each later one must repeat its value exactly, bit for bit (so NaN
-        # repeats NaN). A sample at the time of the series' newest stored
-        # sample must repeat that one.
-        # NOTE: a sample at the time of an older stored sample (possible
-        # within the out-of-order window) is not compared and is dropped at
-        # read time, where the first one written wins.
+        # repeats NaN). A sample at the time of a stored sample must repeat
+        # that one.
         repeats = np.zeros(count, dtype=np.bool_)
         repeats[1:] = (ids[1:] == ids[:-1]) & (times[1:] == times[:-1])
         run_starts = np.flatnonzero(~repeats)
         first_bits = bits[run_starts][np.cumsum(~repeats) - 1]
-        at_last = times == last_ts
-        reference = np.where(at_last, self._last_values[ids].view(np.int64), first_bits)
-        unchanged = (at_last | repeats) & (bits == reference)
-        reasons[(at_last | repeats) & ~unchanged] = _CONFLICT
+        stored_bits, has_stored = self._stored_bits(ids, times, last_ts, reasons)
+        reference = np.where(has_stored, stored_bits, first_bits)
+        compared = has_stored | repeats
+        unchanged = compared & (bits == reference)
+        reasons[compared & ~unchanged] = _CONFLICT
         reasons[times < now_ms - self.policy.retention_ms] = _EXPIRED
         reasons[times > now_ms + self.limits.max_future_skew_ms] = _FUTURE
 
@@ -148,6 +147,37 @@ class ShardStore:
         if stored_ids.size:
             result.revived = self._mark_written(stored_ids, stored_times, stored_values)
         return result
+
+    def _stored_bits(
+        self, ids: Int64Array, times: Int64Array, last_ts: Int64Array, reasons: Int8Array
+    ) -> tuple[Int64Array, BoolArray]:
+        """Find the stored sample, if any, at each incoming sample's series and time.
+
+        Returns the stored values' bits and a mask of where one exists. The
+        newest sample of each series is at hand; older ones are looked up
+        only for out-of-order samples, which are rare.
+        """
+        stored_bits = self._last_values[ids].view(np.int64).copy()
+        has_stored = times == last_ts
+        late = np.flatnonzero((reasons == _OK) & (times < last_ts))
+        if late.size == 0:
+            return stored_bits, has_stored
+
+        wanted = np.unique(ids[late])
+        start, end = int(times[late].min()), int(times[late].max())
+        existing: dict[tuple[int, int], int] = {}
+        for series, timestamps, values in reversed(self._raw_pieces(wanted, start, end)):
+            # Pieces are oldest first; walking them backwards leaves the
+            # first-written sample of a repeated time in the dict.
+            bits = values.view(np.int64).tolist()
+            pairs = zip(series.tolist(), timestamps.tolist(), bits, strict=True)
+            existing.update({(s, t): b for s, t, b in pairs})
+        for position in late.tolist():
+            found = existing.get((int(ids[position]), int(times[position])))
+            if found is not None:
+                stored_bits[position] = found
+                has_stored[position] = True
+        return stored_bits, has_stored
 
     def _grow(self, size: int) -> None:
         current = self._last_ts.size
@@ -258,8 +288,8 @@ class ShardStore:
         order = np.lexsort((timestamps, series))
         series, timestamps, values = series[order], timestamps[order], values[order]
 
-        # An out-of-order sample may repeat a stored time; the first one
-        # written wins, as it did at append time.
+        # A time may repeat across blocks when a rollup and a late raw
+        # sample share an interval start; the first one written wins.
         keep = np.ones(series.size, dtype=np.bool_)
         keep[1:] = (series[1:] != series[:-1]) | (timestamps[1:] != timestamps[:-1])
         return series[keep], timestamps[keep], values[keep]
