@@ -13,11 +13,14 @@ import trio
 
 from metricstore.actors.scraper import parse_scrape_target
 from metricstore.errors import ValidationError
+from metricstore.http.feeds import FeedLimits
 from metricstore.models import DEFAULT_LIMITS, RetentionPolicy
 from metricstore.server import DEFAULT_PORT, ServerConfig, run_server
 from metricstore.times import parse_duration
 
 logger = logging.getLogger("metricstore.cli")
+
+_FEED_DEFAULTS = FeedLimits()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="most labels per series (default %(default)s)",
     )
     serve.add_argument(
+        "--feed-buffer",
+        type=int,
+        default=_FEED_DEFAULTS.buffer_samples,
+        help="samples buffered per live-feed connection (default %(default)s)",
+    )
+    serve.add_argument(
+        "--feed-max-lag",
+        default="10s",
+        help="time a live-feed connection may stay over its buffer before it is closed "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-feed-connections",
+        type=int,
+        default=_FEED_DEFAULTS.max_feed_connections,
+        help="most live-feed connections (default %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -131,6 +152,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ("--max-frame-bytes", args.max_frame_bytes),
         ("--max-series", args.max_series),
         ("--max-labels", args.max_labels),
+        ("--feed-buffer", args.feed_buffer),
+        ("--max-feed-connections", args.max_feed_connections),
     ):
         if value < 1:
             raise ValidationError(option, value, "must be at least 1")
