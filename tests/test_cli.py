@@ -42,7 +42,7 @@ async def wait_ready(base_url: str, process: subprocess.Popen[str]) -> None:
 def start(*args: str) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "metricstore", "serve", "--port", str(port), *args],
+        [sys.executable, "-m", "metricstore", "serve", "--port", str(port), "--in-memory", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -106,7 +106,7 @@ def test_port_in_use_fails_cleanly() -> None:
         holder.listen()
         port = holder.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "metricstore", "serve", "--port", str(port)],
+            [sys.executable, "-m", "metricstore", "serve", "--port", str(port), "--in-memory"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -163,3 +163,33 @@ def test_options_build_config() -> None:
     assert config.scrape_interval_s == 30.0
     assert [(t.job, t.instance) for t in config.scrape_targets] == [("node", "127.0.0.1:9100")]
     assert config.limits.max_labels_per_series == 8
+    assert config.data_dir is not None
+    assert config.data_dir.name == "data"
+    assert config.fsync == "batch"
+    assert config.feed_limits.buffer_samples == 10_000
+
+
+def test_feed_and_storage_options() -> None:
+    parsed = build_parser().parse_args(
+        [
+            "serve",
+            "--in-memory",
+            "--fsync",
+            "interval",
+            "--fsync-interval",
+            "250ms",
+            "--feed-buffer",
+            "500",
+            "--feed-max-lag",
+            "2s",
+            "--max-feed-connections",
+            "7",
+        ]
+    )
+    config = config_from_args(parsed)
+    assert config.data_dir is None
+    assert config.fsync == "interval"
+    assert config.fsync_interval_s == 0.25
+    assert config.feed_limits.buffer_samples == 500
+    assert config.feed_limits.max_lag_s == 2.0
+    assert config.feed_limits.max_feed_connections == 7

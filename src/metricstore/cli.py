@@ -8,11 +8,12 @@ import logging
 import signal
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import trio
 
 from metricstore.actors.scraper import parse_scrape_target
-from metricstore.errors import ValidationError
+from metricstore.errors import DataDirectoryError, ValidationError
 from metricstore.http.feeds import FeedLimits
 from metricstore.models import DEFAULT_LIMITS, RetentionPolicy
 from metricstore.server import DEFAULT_PORT, ServerConfig, run_server
@@ -37,6 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--shards", type=int, default=2, help="number of shard actors (default %(default)s)"
+    )
+    serve.add_argument(
+        "--data-dir",
+        default="data",
+        help="directory for the write-ahead log and block files (default ./%(default)s)",
+    )
+    serve.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="keep data in memory only; nothing survives a restart",
+    )
+    serve.add_argument(
+        "--fsync",
+        choices=["batch", "interval", "off"],
+        default="batch",
+        help="batch: fsync the log before acknowledging each group of batches; interval: "
+        "fsync every --fsync-interval, acks may come first; off: never (default %(default)s)",
+    )
+    serve.add_argument(
+        "--fsync-interval",
+        default="1s",
+        help="time between fsyncs with --fsync interval (default %(default)s)",
     )
     serve.add_argument(
         "--retention",
@@ -176,6 +199,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         scrape_interval_s=parse_duration(args.scrape_interval, "--scrape-interval") / 1000,
         self_scrape=not args.no_self_scrape,
         retention_interval_s=parse_duration(args.retention_interval, "--retention-interval") / 1000,
+        data_dir=None if args.in_memory else Path(args.data_dir),
+        fsync=args.fsync,
+        fsync_interval_s=parse_duration(args.fsync_interval, "--fsync-interval") / 1000,
+        feed_limits=FeedLimits(
+            buffer_samples=args.feed_buffer,
+            max_lag_s=parse_duration(args.feed_max_lag, "--feed-max-lag") / 1000,
+            max_feed_connections=args.max_feed_connections,
+        ),
     )
 
 
@@ -211,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         trio.run(serve_until_signalled, config)
-    except OSError as error:
+    except (OSError, DataDirectoryError) as error:
         logger.error("could not start: %s", error)
         return 1
     except BaseExceptionGroup as group:
         # A bind failure arrives wrapped in the nurseries' exception groups.
-        matched, rest = group.split(OSError)
+        matched, rest = group.split((OSError, DataDirectoryError))
         if matched is None or rest is not None:
             raise
         logger.error("could not start: %s", _first_leaf(matched))
@@ -224,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> BaseException:
     error: BaseException = group
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]

@@ -21,6 +21,14 @@ class StorageBusyError(MetricstoreError):
     """The pipeline could not take a batch in time; the client should retry."""
 
 
+class StorageUnavailableError(MetricstoreError):
+    """Writing to disk failed (full, read-only, I/O error); nothing was stored."""
+
+
+class DataDirectoryError(MetricstoreError):
+    """A data directory that cannot be used as it is; the message says why."""
+
+
 class StorageClosedError(MetricstoreError):
     """The pipeline has shut down and takes no more requests."""
 

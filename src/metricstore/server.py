@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from metricstore.actors.scraper import ScrapeTarget, run_scraper
+from metricstore.actors.shard import FsyncMode
 from metricstore.http.app import SELF_METRICS_PATH, create_app
 from metricstore.http.feeds import FeedLimits
 from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy
@@ -39,6 +41,10 @@ class ServerConfig:
     self_scrape: bool = True
     retention_interval_s: float = 10.0
     feed_limits: FeedLimits = field(default_factory=FeedLimits)
+    # Where data is kept durably; None keeps it in memory only.
+    data_dir: Path | None = None
+    fsync: FsyncMode = "batch"
+    fsync_interval_s: float = 1.0
 
 
 async def run_server(
@@ -60,6 +66,9 @@ async def run_server(
         limits=config.limits,
         shards=config.shards,
         retention_interval_s=config.retention_interval_s,
+        data_dir=config.data_dir,
+        fsync=config.fsync,
+        fsync_interval_s=config.fsync_interval_s,
     )
     ready = trio.Event()
     telemetry = Telemetry()

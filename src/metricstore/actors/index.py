@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import trio
 
 from metricstore.actors.messages import (
     Envelope,
@@ -21,6 +22,7 @@ from metricstore.actors.routing import shard_for
 from metricstore.errors import ValidationError
 from metricstore.storage.index import SeriesIndex
 from metricstore.storage.matchers import Matcher
+from metricstore.storage.series_log import SeriesLog
 
 logger = logging.getLogger("metricstore.actors.index")
 
@@ -36,10 +38,13 @@ class IndexActor:
     sent after an acknowledged write sees its series.
     """
 
-    def __init__(self, index: SeriesIndex, shard_count: int) -> None:
+    def __init__(
+        self, index: SeriesIndex, shard_count: int, series_log: SeriesLog | None = None
+    ) -> None:
         self._index = index
         self._shard_count = shard_count
-        self._shard_of: list[int] = []
+        self._series_log = series_log
+        self._shard_of = [shard_for(key, shard_count) for key in index.keys]
 
     async def run(self, inbox: Inbox) -> None:
         logger.debug("index actor started")
@@ -65,7 +70,10 @@ class IndexActor:
         elif kind == "deactivate":
             self._index.deactivate(read_ints(message["ids"]).tolist())
         elif kind == "resolve":
-            await reply(envelope, self._resolve(message))
+            answer, created = self._resolve(message)
+            if created and self._series_log is not None:
+                answer = await self._log_series(answer, created)
+            await reply(envelope, answer)
         elif kind == "select":
             await reply(envelope, self._select(message))
         elif kind == "keys":
@@ -91,13 +99,30 @@ class IndexActor:
             logger.error("index actor got an unknown message type %r", kind)
             await reply(envelope, {"error": f"unknown message type {kind!r}"})
 
-    def _resolve(self, message: Message) -> Message:
+    async def _log_series(self, answer: Message, created: list[int]) -> Message:
+        """Make new series durable before their ids are used."""
+        assert self._series_log is not None
+        keys, units = self._index.keys, self._index.units
+        self._series_log.append([(i, keys[i], units[i]) for i in created])
+        try:
+            await trio.to_thread.run_sync(self._series_log.sync)
+        except OSError as error:
+            logger.error("series log write failed: %s", error)
+            return {"error": f"storage unavailable: writing the series log failed: {error}"}
+        return answer
+
+    def _resolve(self, message: Message) -> tuple[Message, list[int]]:
         definitions = message["series"]
         ids = np.full(len(definitions), -1, dtype=np.int64)
         shards = np.full(len(definitions), -1, dtype=np.int64)
         errors = []
+        logged: list[int] = []
         for slot, encoded in enumerate(definitions):
             key, unit = decode_key(encoded)
+            old_unit = None
+            known = self._index.lookup(key)
+            if known is not None:
+                old_unit = self._index.units[known]
             try:
                 series_id, created = self._index.resolve(key, unit)
             except ValidationError as error:
@@ -105,9 +130,12 @@ class IndexActor:
                 continue
             if created:
                 self._shard_of.append(shard_for(key, self._shard_count))
+            if created or (old_unit is not None and old_unit != self._index.units[series_id]):
+                logged.append(series_id)
             ids[slot] = series_id
             shards[slot] = self._shard_of[series_id]
-        return {"ids": int_column(ids), "shards": int_column(shards), "errors": errors}
+        answer = {"ids": int_column(ids), "shards": int_column(shards), "errors": errors}
+        return answer, logged
 
     def _select(self, message: Message) -> Message:
         matchers = [Matcher.parse(item) for item in message.get("matchers") or ()]

@@ -85,6 +85,8 @@ class IngestActor:
             resolved = await send_request(
                 self._index, {"type": "resolve", "series": message["series"]}
             )
+            if "error" in resolved:
+                return {"error": resolved["error"], "code": "unavailable"}
             slot_ids = read_ints(resolved["ids"])
             slot_shards = read_ints(resolved["shards"])
             series_index = read_ints(message["series_index"])
@@ -125,9 +127,16 @@ class IngestActor:
             pending.append((reply_receive, mask))
 
         stored = np.zeros(ids.size, dtype=np.bool_)
+        failure: Message | None = None
         for reply_receive, mask in pending:
             async with reply_receive:
                 answer = unpack(await reply_receive.receive())
+            if "error" in answer:
+                # A shard could not write its log: the batch is not
+                # acknowledged. Parts other shards stored are kept, and a
+                # retry of them is a harmless repeat.
+                failure = answer
+                continue
             accepted += answer["accepted"]
             shard_positions = positions[mask]
             kept = np.ones(shard_positions.size, dtype=np.bool_)
@@ -136,6 +145,8 @@ class IngestActor:
                 kept[index] = False
             stored[np.flatnonzero(mask)[kept]] = True
         self._feed_hub(ids[stored], timestamps[stored], values[stored])
+        if failure is not None:
+            return failure
 
         rejected.sort(key=lambda item: item[0])  # type: ignore[arg-type, return-value]
         return {"accepted": accepted, "rejected": rejected}

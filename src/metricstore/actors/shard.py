@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+from typing import Literal
 
 import numpy as np
+import trio
 
 from metricstore.actors.messages import (
     Envelope,
@@ -21,9 +24,15 @@ from metricstore.actors.messages import (
 )
 from metricstore.storage.aggregate import aggregate_range, aggregate_whole
 from metricstore.storage.blocks import Float64Array, Int64Array
+from metricstore.storage.durable import ShardFiles
 from metricstore.storage.shard import ShardStore
 
 logger = logging.getLogger("metricstore.actors.shard")
+
+# How fsync is done: before acks (batch), on a timer (interval), or never.
+FsyncMode = Literal["batch", "interval", "off"]
+# Most requests handled between two commits of the log.
+MAX_GROUP = 64
 
 
 class ShardActor:
@@ -35,76 +44,179 @@ class ShardActor:
     sent to the index actor before the request that caused them is answered.
     """
 
-    def __init__(self, shard_id: int, store: ShardStore, index: Mailbox) -> None:
+    def __init__(
+        self,
+        shard_id: int,
+        store: ShardStore,
+        index: Mailbox,
+        files: ShardFiles | None = None,
+        fsync: FsyncMode = "batch",
+        fsync_interval_s: float = 1.0,
+    ) -> None:
         self.shard_id = shard_id
         self._store = store
         self._index = index
+        self._files = files
+        self._fsync = fsync
+        self._fsync_interval_s = fsync_interval_s
+        # Serializes fsync in a worker thread with rotation of the segment.
+        self._sync_lock = trio.Lock()
 
     async def run(self, inbox: Inbox) -> None:
         logger.debug("shard %d started", self.shard_id)
-        async with inbox, self._index:
-            async for envelope in inbox:
-                await self._handle(envelope)
+        async with inbox, self._index, trio.open_nursery() as nursery:
+            if self._files is not None and self._fsync == "interval":
+                nursery.start_soon(self._sync_periodically)
+            while True:
+                try:
+                    group = [await inbox.receive()]
+                except trio.EndOfChannel:
+                    break
+                # Group commit: take what else is waiting, handle it all,
+                # then make the log durable once for the whole group.
+                while len(group) < MAX_GROUP:
+                    try:
+                        group.append(inbox.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                answers = [await self._handle(envelope) for envelope in group]
+                wrote = any(answer is not None and "accepted" in answer for answer in answers)
+                if self._files is not None and wrote:
+                    failure = await self._commit()
+                    if failure is not None:
+                        answers = [_fail_writes(answer, failure) for answer in answers]
+                for envelope, answer in zip(group, answers, strict=True):
+                    if answer is not None:
+                        await reply(envelope, answer)
+            nursery.cancel_scope.cancel()
+        if self._files is not None:
+            self._files.close()
         logger.debug("shard %d stopped", self.shard_id)
 
-    async def _handle(self, envelope: Envelope) -> None:
+    async def _commit(self) -> str | None:
+        """Flush the log (and fsync it in batch mode); return an error, if any."""
+        assert self._files is not None
+        wal = self._files.wal
+        try:
+            async with self._sync_lock:
+                wal.flush()
+                if self._fsync == "batch":
+                    await trio.to_thread.run_sync(os.fsync, wal.fileno)
+        except OSError as error:
+            logger.error("shard %d: writing the log failed: %s", self.shard_id, error)
+            return f"storage unavailable: writing the log failed: {error}"
+        return None
+
+    async def _sync_periodically(self) -> None:
+        assert self._files is not None
+        while True:
+            await trio.sleep(self._fsync_interval_s)
+            try:
+                async with self._sync_lock:
+                    wal = self._files.wal
+                    if wal.dirty:
+                        wal.flush()
+                        wal.dirty = False
+                        await trio.to_thread.run_sync(os.fsync, wal.fileno)
+            except OSError as error:
+                logger.error("shard %d: periodic fsync failed: %s", self.shard_id, error)
+
+    async def _append(self, message: Message) -> Message:
+        store, files = self._store, self._files
+        ids = read_ints(message["ids"])
+        if files is not None and store.head_free < ids.size:
+            try:
+                async with self._sync_lock:
+                    await trio.to_thread.run_sync(files.checkpoint, store)
+            except OSError as error:
+                logger.error("shard %d: checkpoint failed: %s", self.shard_id, error)
+                return _unavailable(f"storage unavailable: writing a block failed: {error}")
+        result = store.append(
+            ids, read_ints(message["timestamps"]), read_floats(message["values"]), message["now_ms"]
+        )
+        if files is not None and result.stored is not None:
+            try:
+                files.log(*result.stored)
+            except OSError as error:
+                logger.error("shard %d: writing the log failed: %s", self.shard_id, error)
+                return _unavailable(f"storage unavailable: writing the log failed: {error}")
+        if result.revived:
+            revived = np.array(result.revived, dtype=np.int64)
+            await tell(self._index, {"type": "activate", "ids": int_column(revived)})
+        return {"accepted": result.accepted, "rejected": result.rejected}
+
+    async def _handle(self, envelope: Envelope) -> Message | None:
         message = unpack(envelope.payload)
         kind = message["type"]
         store = self._store
         if kind == "append":
-            result = store.append(
-                read_ints(message["ids"]),
-                read_ints(message["timestamps"]),
-                read_floats(message["values"]),
-                message["now_ms"],
-            )
-            if result.revived:
-                revived = np.array(result.revived, dtype=np.int64)
-                await tell(self._index, {"type": "activate", "ids": int_column(revived)})
-            await reply(envelope, {"accepted": result.accepted, "rejected": result.rejected})
+            return await self._append(message)
         elif kind == "read_raw":
             series, timestamps, values = store.read_raw(
                 read_ints(message["ids"]), message["start_ms"], message["end_ms"]
             )
-            await reply(envelope, _samples(series, timestamps, values))
+            return _samples(series, timestamps, values)
         elif kind == "read_range":
             partials = store.read_partials(
                 read_ints(message["ids"]), message["start_ms"], message["end_ms"]
             )
             rows = aggregate_range(partials, message["step_ms"], message["aggregation"])
-            await reply(envelope, _samples(*rows))
+            return _samples(*rows)
         elif kind == "read_aggregate":
             partials = store.read_partials(
                 read_ints(message["ids"]), message["start_ms"], message["end_ms"]
             )
-            await reply(envelope, _samples(*aggregate_whole(partials, message["aggregation"])))
+            return _samples(*aggregate_whole(partials, message["aggregation"]))
         elif kind == "read_latest":
             series, timestamps, values = store.read_latest(
                 read_ints(message["ids"]), message["floor_ms"]
             )
-            await reply(envelope, _samples(series, timestamps, values))
+            return _samples(series, timestamps, values)
         elif kind == "retain":
             retention = store.apply_retention(message["now_ms"])
             if retention.emptied:
                 emptied = np.array(retention.emptied, dtype=np.int64)
                 await tell(self._index, {"type": "deactivate", "ids": int_column(emptied)})
-            await reply(
-                envelope,
-                {
-                    "expired": retention.expired_samples,
-                    "capped": retention.capped_samples,
-                    "downsampled": retention.downsampled_samples,
-                    "emptied": len(retention.emptied),
-                },
-            )
+            if self._files is not None:
+                try:
+                    await trio.to_thread.run_sync(self._files.persist, store)
+                except OSError as error:
+                    # The blocks stay in memory and are written at the next
+                    # checkpoint; recovery would redo this pass anyway.
+                    logger.error("shard %d: writing blocks failed: %s", self.shard_id, error)
+            return {
+                "expired": retention.expired_samples,
+                "capped": retention.capped_samples,
+                "downsampled": retention.downsampled_samples,
+                "emptied": len(retention.emptied),
+            }
         elif kind == "cut_head":
-            store.cut_head()
-            await reply(envelope, {})
+            if self._files is not None:
+                try:
+                    async with self._sync_lock:
+                        await trio.to_thread.run_sync(self._files.checkpoint, store)
+                except OSError as error:
+                    logger.error("shard %d: checkpoint failed: %s", self.shard_id, error)
+                    return _unavailable(f"storage unavailable: writing a block failed: {error}")
+            else:
+                store.cut_head()
+            return {}
         elif kind == "stats":
-            await reply(envelope, store.stats())
+            return store.stats()
         else:
             logger.error("shard %d got an unknown message type %r", self.shard_id, kind)
-            await reply(envelope, {"error": f"unknown message type {kind!r}"})
+            return {"error": f"unknown message type {kind!r}"}
+
+
+def _unavailable(message: str) -> Message:
+    return {"error": message, "code": "unavailable"}
+
+
+def _fail_writes(answer: Message | None, failure: str) -> Message | None:
+    """Turn the answer of a write into an error when its log commit failed."""
+    if answer is not None and "accepted" in answer:
+        return _unavailable(failure)
+    return answer
 
 
 def _samples(series: Int64Array, timestamps: Int64Array, values: Float64Array) -> Message:

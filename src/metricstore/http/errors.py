@@ -8,7 +8,12 @@ from typing import Any
 from quart import Blueprint, Quart, Response, current_app
 from werkzeug.exceptions import HTTPException
 
-from metricstore.errors import StorageBusyError, StorageClosedError, ValidationError
+from metricstore.errors import (
+    StorageBusyError,
+    StorageClosedError,
+    StorageUnavailableError,
+    ValidationError,
+)
 from metricstore.http.wire import DecodeError, dumps_json
 
 logger = logging.getLogger("metricstore.http")
@@ -35,6 +40,15 @@ async def _decode_error(error: DecodeError) -> Response:
 
 async def _busy(error: StorageBusyError) -> Response:
     logger.warning("ingest busy: %s", error)
+    return json_response(
+        {"error": str(error), "retry_after": BUSY_RETRY_AFTER_S},
+        503,
+        **{"Retry-After": str(BUSY_RETRY_AFTER_S)},
+    )
+
+
+async def _unavailable(error: StorageUnavailableError) -> Response:
+    # Logged where the write failed, with the shard.
     return json_response(
         {"error": str(error), "retry_after": BUSY_RETRY_AFTER_S},
         503,
@@ -71,6 +85,7 @@ def register_error_handlers(target: Blueprint | Quart) -> None:
     target.register_error_handler(DecodeError, _decode_error)
     target.register_error_handler(StorageBusyError, _busy)
     target.register_error_handler(StorageClosedError, _closed)
+    target.register_error_handler(StorageUnavailableError, _unavailable)
 
 
 def register_app_error_handlers(app: Quart) -> None:

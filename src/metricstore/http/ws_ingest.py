@@ -25,7 +25,12 @@ import trio
 from quart import Blueprint, websocket
 
 from metricstore.batch import SampleBatch, SeriesDefinition
-from metricstore.errors import MetricstoreError, StorageBusyError, ValidationError
+from metricstore.errors import (
+    MetricstoreError,
+    StorageBusyError,
+    StorageUnavailableError,
+    ValidationError,
+)
 from metricstore.http.wire import (
     DecodeError,
     decode_rows,
@@ -386,10 +391,10 @@ async def _answer(
             seq = error.seq
         logger.debug("ingest frame rejected: %s", error)
         return _error(str(error), seq)
-    except StorageBusyError as error:
+    except (StorageBusyError, StorageUnavailableError) as error:
         if telemetry is not None:
             telemetry.ingest_busy.labels("websocket").inc()
-        logger.warning("ingest busy, frame %s not stored: %s", seq, error)
+        logger.warning("ingest frame %s not stored, client may retry: %s", seq, error)
         return {**_error(str(error), seq), "retry": True}
     except MetricstoreError as error:
         logger.warning("ingest frame %s failed: %s", seq, error)

@@ -23,7 +23,7 @@ from metricstore.actors.messages import (
     send_request,
 )
 from metricstore.batch import SampleBatch, SeriesDefinition
-from metricstore.errors import MetricstoreError
+from metricstore.errors import MetricstoreError, StorageUnavailableError
 from metricstore.models import Limits, RetentionPolicy
 from metricstore.storage.base import (
     IngestResult,
@@ -128,6 +128,8 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
     ) -> Message:
         answer = await send_request(mailbox, message, send_timeout=send_timeout)
         if "error" in answer:
+            if answer.get("code") == "unavailable":
+                raise StorageUnavailableError(answer["error"])
             raise MetricstoreError(answer["error"])
         return answer
 

@@ -209,7 +209,7 @@ class Head:
 class RawBlock:
     """Immutable raw samples sorted by series id, then time."""
 
-    __slots__ = ("ids", "max_ts", "min_ts", "offsets", "timestamps", "values")
+    __slots__ = ("ids", "max_ts", "min_ts", "name", "offsets", "timestamps", "values")
 
     def __init__(self, series: Int64Array, timestamps: Int64Array, values: Float64Array) -> None:
         """Build a block from samples in any order; the arrays are not kept."""
@@ -222,6 +222,9 @@ class RawBlock:
         self.offsets: Int64Array = np.append(starts, sorted_series.size).astype(np.int64)
         self.min_ts = int(self.timestamps.min()) if self.timestamps.size else 0
         self.max_ts = int(self.timestamps.max()) if self.timestamps.size else 0
+        # The block file that holds these samples (perhaps more, see
+        # storage.durable), or None while the block is only in memory.
+        self.name: str | None = None
 
     @property
     def size(self) -> int:
@@ -246,7 +249,7 @@ class RawBlock:
 class RollupBlock:
     """Immutable rollups, one row per series and interval, sorted that way."""
 
-    __slots__ = ("ids", "max_ts", "min_ts", "offsets", "partials")
+    __slots__ = ("ids", "max_ts", "min_ts", "name", "offsets", "partials")
 
     def __init__(self, partials: Partials) -> None:
         """Build a block from combined partials (sorted by series, then bucket)."""
@@ -256,6 +259,7 @@ class RollupBlock:
         self.offsets: Int64Array = np.append(starts, partials.size).astype(np.int64)
         self.min_ts = int(partials.timestamps.min()) if partials.size else 0
         self.max_ts = int(partials.timestamps.max()) if partials.size else 0
+        self.name: str | None = None
 
     @property
     def size(self) -> int:

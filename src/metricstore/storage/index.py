@@ -44,6 +44,9 @@ class SeriesIndex:
     def total_ids(self) -> int:
         return len(self.keys)
 
+    def lookup(self, key: SeriesKey) -> int | None:
+        return self._id_by_key.get(key)
+
     def resolve(self, key: SeriesKey, unit: str = "") -> tuple[int, bool]:
         """Return the id of ``key``, creating it if new; the flag is True if created.
 

@@ -48,6 +48,8 @@ class AppendResult:
     # Series that had no samples before this append; the owner of the
     # series index re-activates them.
     revived: list[int] = field(default_factory=list)
+    # The samples actually written (not rejected, not repeats), for the log.
+    stored: tuple[Int64Array, Int64Array, Float64Array] | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +84,8 @@ class ShardStore:
         self._last_ts: Int64Array = np.full(0, NO_TIME, dtype=np.int64)
         self._last_values: Float64Array = np.empty(0, dtype=np.float64)
         self._live: BoolArray = np.zeros(0, dtype=np.bool_)
+        # Raw samples before this time have been rolled up.
+        self.downsampled_before_ms: int | None = None
 
     # -- appends -------------------------------------------------------------
 
@@ -146,6 +150,7 @@ class ShardStore:
         result.rejected.sort()
         if stored_ids.size:
             result.revived = self._mark_written(stored_ids, stored_times, stored_values)
+            result.stored = (stored_ids, stored_times, stored_values)
         return result
 
     def _stored_bits(
@@ -229,6 +234,60 @@ class ShardStore:
             f"timestamp {when} is more than {window} older than this series' newest sample "
             f"at {format_rfc3339(last_ts)} (out_of_order_window)"
         )
+
+    def restore(self, series: Int64Array, timestamps: Int64Array, values: Float64Array) -> None:
+        """Put back samples that were stored before, without the append checks.
+
+        Recovery replays the write-ahead log through this.
+        """
+        if series.size == 0:
+            return
+        self._grow(int(series.max()) + 1)
+        order = np.lexsort((timestamps, series))
+        ids, times, vals = series[order], timestamps[order], values[order]
+        self._write(ids, times, vals)
+        self._mark_written(ids, times, vals)
+
+    def load_blocks(self, raw: list[RawBlock], rollups: list[RollupBlock]) -> None:
+        """Install blocks read from files, and rebuild each series' newest sample."""
+        self._blocks.extend(raw)
+        self._rollups.extend(rollups)
+        for block in raw:
+            if block.size:
+                self._grow(int(block.ids.max()) + 1)
+                self._mark_written(*block.last_per_series())
+        for rollup in rollups:
+            if rollup.size:
+                partials = rollup.partials
+                self._grow(int(partials.series.max()) + 1)
+                ends = rollup.offsets[1:] - 1
+                self._mark_written(rollup.ids, partials.last_ts[ends], partials.lasts[ends])
+
+    def drop_rolled_up(self) -> int:
+        """Drop raw samples older than the downsampling cutoff; return how many.
+
+        After recovery, raw samples that were rolled up may be back (from
+        block files and the log), and would count twice.
+        """
+        cutoff = self.downsampled_before_ms
+        if cutoff is None:
+            return 0
+        return self._filter_raw(lambda _ids, times: times >= cutoff)
+
+    @property
+    def blocks(self) -> list[RawBlock]:
+        return self._blocks
+
+    @property
+    def rollups(self) -> list[RollupBlock]:
+        return self._rollups
+
+    @property
+    def head_free(self) -> int:
+        return self._head.free
+
+    def live_ids(self) -> list[int]:
+        return [int(series_id) for series_id in np.flatnonzero(self._live)]
 
     # -- blocks --------------------------------------------------------------
 
@@ -383,7 +442,11 @@ class ShardStore:
             if kept == block.size:
                 blocks.append(block)
             elif kept:
-                blocks.append(RawBlock(series[mask], block.timestamps[mask], block.values[mask]))
+                trimmed = RawBlock(series[mask], block.timestamps[mask], block.values[mask])
+                # The file may keep the dropped samples: recovery applies
+                # the same rules again, so it need not be rewritten.
+                trimmed.name = block.name
+                blocks.append(trimmed)
         self._blocks = blocks
 
         series, timestamps, _ = self._head.view()
@@ -417,6 +480,7 @@ class ShardStore:
         if partials.size == 0:
             return 0
         self._filter_raw(keep)
+        self.downsampled_before_ms = max(self.downsampled_before_ms or cutoff, cutoff)
         buckets = partials.timestamps // interval * interval
         self._add_rollups(partials.combine(buckets))
         return partials.size
@@ -501,7 +565,9 @@ def _filter_rollup(block: RollupBlock, mask: BoolArray) -> RollupBlock | None:
         return block
     if not mask.any():
         return None
-    return RollupBlock(block.partials.take(mask))
+    trimmed = RollupBlock(block.partials.take(mask))
+    trimmed.name = block.name
+    return trimmed
 
 
 def _empty_samples() -> tuple[Int64Array, Int64Array, Float64Array]:

@@ -170,7 +170,7 @@ class WALWriter:
         self.sequence += 1
         self._file = open(segment_path(self.directory, self.sequence), "ab")
         self._size = 0
-        _sync_directory(self.directory)
+        sync_directory(self.directory)
         return self.sequence
 
     def remove_before(self, sequence: int) -> int:
@@ -181,7 +181,7 @@ class WALWriter:
                 path.unlink()
                 removed += 1
         if removed:
-            _sync_directory(self.directory)
+            sync_directory(self.directory)
         return removed
 
     def close(self) -> None:
@@ -190,7 +190,7 @@ class WALWriter:
             self._file.close()
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
     # A new or removed file survives a crash only once its directory entry
     # is synced too.
     fd = os.open(directory, os.O_RDONLY)

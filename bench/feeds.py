@@ -1,0 +1,981 @@
+"""Live-feed benchmarks: delivery latency and ingest throughput with WebSocket subscribers.
+
+Starts ``metricstore serve`` on a free loopback port (a fresh server per
+scenario) and opens subscribers from worker processes separate from the
+server (``--workers``, each holding its share of the connections, trio
+inside each). Every subscriber is its own WebSocket connection to
+``/ws/subscribe``, subscribes with a msgpack frame (so the server answers
+in msgpack) and reads as fast as it can.
+
+- ``latency``: a writer sends one columnar frame of ``--latency-series``
+  series of one metric every ``--interval`` seconds for ``--latency-duration``
+  seconds. Each sample's value is the writer's wall clock (``time.time()``)
+  just before the frame is sent, so a subscriber's latency for a sample is
+  its own ``time.time()`` at receipt minus the value (same machine, same
+  clock). Reported: p50/p99 over every delivered sample of every
+  subscriber, samples dropped ("dropped" frames), disconnects, and what was
+  never delivered. Runs for 1, 100 and 1,000 subscribers by default.
+- ``throughput``: a writer streams columnar frames (define once, then
+  series ids) of 10,000 container series, one sample each, with a bounded
+  window of outstanding acks, ``--runs`` timed runs of ``--duration``
+  seconds after a warm-up; samples/s counts acked samples. Runs with 0 and
+  with 1,000 subscribers of one metric (1,000 of the 10,000 series).
+
+Targets: p99 latency below 50 ms with 1,000 subscribers, and at least 80%
+of the 0-subscriber ingest rate kept with 1,000 subscribers.
+
+    python bench/feeds.py                                 # both parts
+    python bench/feeds.py --part latency --subscribers 1000 --rounds 1
+    python bench/feeds.py --part throughput --profile-dir profiles
+    python bench/pyspy_summary.py profiles/throughput_1000.txt
+
+The open-file limit is raised (soft up to the hard limit) when 1,000
+connections and the server's own descriptors need more than it allows;
+the output says so. Every process started here is stopped by PID at the
+end, also on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from _harness import (
+    METRIC_NAMES,
+    RETENTION_MS,
+    STEP_MS,
+    FrameEncoder,
+    FrameSource,
+    Profiler,
+    ServerProcess,
+    _die_with_parent,
+    aligned_now_ms,
+    check_loopback,
+    container_labels,
+    container_series,
+    cpu_seconds,
+    decode_ack,
+    define_series,
+    ingest_connection,
+    machine_busy_seconds,
+    machine_info,
+    median,
+    memory_kib,
+    percentile,
+    stream_frames,
+)
+
+DAY_MS = 86_400_000
+P99_TARGET_MS = 50.0
+THROUGHPUT_TARGET = 0.80
+# Latency histogram: geometric bins from 10 us to 10 min, about 0.5% wide.
+# Bin i holds latencies in (EDGES[i-1], EDGES[i]]; bin 0 everything up to
+# 10 us (also negative ones), the last bin everything beyond 10 min.
+LATENCY_EDGES_MS = np.geomspace(0.01, 600_000.0, 3600)
+# Feed frames can carry up to the server's buffer of 10,000 samples.
+MAX_FEED_MESSAGE_BYTES = 64 * 1024 * 1024
+# Descriptors beyond the subscriber connections: the server's listening
+# socket, shard files, pipes, the ingest connection, Python's own.
+SPARE_DESCRIPTORS = 512
+# Seconds workers get to connect and subscribe everything.
+READY_TIMEOUT_S = 120.0
+# Seconds a worker may wait for a command answer from the parent's side.
+PIPE_TIMEOUT_S = 60.0
+
+
+# -- the subscriber worker process ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    base_url: str
+    worker: int
+    first: int
+    count: int
+    metric: str
+    latency: bool
+    connect_concurrency: int
+    max_seconds: float
+
+
+@dataclass
+class SubscriberStats:
+    """What one worker's subscribers saw, sent to the parent as a dict."""
+
+    latency: bool
+    subscribed: int = 0
+    connect_failures: int = 0
+    open: int = 0
+    sample_frames: int = 0
+    samples: int = 0
+    dropped_frames: int = 0
+    dropped: int = 0
+    heartbeats: int = 0
+    error_frames: int = 0
+    disconnects: int = 0
+    close_reasons: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+    latency_counts: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(LATENCY_EDGES_MS.size + 1, dtype=np.int64)
+    )
+    latency_sum_ms: float = 0.0
+    latency_max_ms: float = 0.0
+    last_frame: float = 0.0
+    stopping: bool = False
+
+    def note(self, problem: str) -> None:
+        if len(self.problems) < 5:
+            self.problems.append(problem[:300])
+
+    def record(self, frame: dict[str, Any], received: float) -> None:
+        self.last_frame = trio.current_time()
+        kind = frame.get("type")
+        if kind == "samples":
+            samples = frame["samples"]
+            self.sample_frames += 1
+            self.samples += len(samples)
+            if self.latency and samples:
+                sent = np.fromiter((s["value"] for s in samples), np.float64, len(samples))
+                latency_ms = (received - sent) * 1000.0
+                bins = np.searchsorted(LATENCY_EDGES_MS, latency_ms)
+                self.latency_counts += np.bincount(bins, minlength=self.latency_counts.size)
+                self.latency_sum_ms += float(latency_ms.sum())
+                self.latency_max_ms = max(self.latency_max_ms, float(latency_ms.max()))
+        elif kind == "dropped":
+            self.dropped_frames += 1
+            self.dropped += int(frame.get("count", 0))
+        elif kind == "heartbeat":
+            self.heartbeats += 1
+        elif kind == "error":
+            self.error_frames += 1
+            self.note(f"error frame: {frame.get('error')}")
+        elif kind != "snapshot":
+            self.note(f"unexpected frame type {kind!r}")
+
+    def report(self) -> dict[str, Any]:
+        nonzero = np.flatnonzero(self.latency_counts)
+        return {
+            "subscribed": self.subscribed,
+            "connect_failures": self.connect_failures,
+            "open": self.open,
+            "sample_frames": self.sample_frames,
+            "samples": self.samples,
+            "dropped_frames": self.dropped_frames,
+            "dropped": self.dropped,
+            "heartbeats": self.heartbeats,
+            "error_frames": self.error_frames,
+            "disconnects": self.disconnects,
+            "close_reasons": dict(self.close_reasons),
+            "problems": list(self.problems),
+            # Sparse: {bin: count}.
+            "latency_bins": {
+                int(i): int(c) for i, c in zip(nonzero, self.latency_counts[nonzero], strict=True)
+            },
+            "latency_sum_ms": self.latency_sum_ms,
+            "latency_max_ms": self.latency_max_ms,
+            "cpu_s": time.process_time(),
+        }
+
+
+def decode_frame(message: str | bytes) -> dict[str, Any]:
+    # The server answers a connection over its limit in JSON before it knows
+    # the client's choice; everything else is msgpack after our first frame.
+    if isinstance(message, bytes):
+        document = msgpack.unpackb(message, raw=False)
+    else:
+        document = json.loads(message)
+    if not isinstance(document, dict):
+        raise ValueError(f"a feed frame is not an object: {document!r:.200}")
+    return document
+
+
+async def _subscriber(
+    config: WorkerConfig,
+    number: int,
+    stats: SubscriberStats,
+    limiter: trio.CapacityLimiter,
+    settled: trio.Event,
+) -> None:
+    url = check_loopback(config.base_url.replace("http://", "ws://", 1) + "/ws/subscribe")
+    subscribe = {"op": "subscribe", "id": f"s{number}", "metric": config.metric, "matchers": []}
+    subscribed = False
+    done = False
+
+    def settle() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            if stats.subscribed + stats.connect_failures >= config.count:
+                settled.set()
+
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            async with limiter:
+                ws: WebSocketConnection = await stack.enter_async_context(
+                    open_websocket_url(
+                        url,
+                        max_message_size=MAX_FEED_MESSAGE_BYTES,
+                        receive_buffer_size=65536,
+                        connect_timeout=30,
+                        disconnect_timeout=3,
+                    )
+                )
+                await ws.send_message(msgpack.packb(subscribe, use_bin_type=True))
+                first = decode_frame(await ws.get_message())
+                if first.get("type") != "snapshot":
+                    raise RuntimeError(f"expected a snapshot, got {first!r:.200}")
+            subscribed = True
+            stats.subscribed += 1
+            stats.open += 1
+            settle()
+            while True:
+                message = await ws.get_message()
+                received = time.time()
+                stats.record(decode_frame(message), received)
+    except ConnectionClosed as closed:
+        if not subscribed:
+            stats.connect_failures += 1
+            stats.note(f"closed before subscribing: {closed.reason}")
+        elif not stats.stopping:
+            stats.disconnects += 1
+            reason = closed.reason
+            label = "no reason" if reason is None else f"{reason.code} {(reason.reason or '')[:60]}"
+            stats.close_reasons[label] += 1
+    except (HandshakeError, OSError, RuntimeError, ValueError) as error:
+        if not subscribed:
+            stats.connect_failures += 1
+        elif not stats.stopping:
+            stats.disconnects += 1
+            stats.close_reasons[type(error).__name__] += 1
+        stats.note(f"subscriber {number}: {type(error).__name__}: {error}")
+    finally:
+        if subscribed:
+            stats.open -= 1
+        settle()
+
+
+async def _wait_idle(stats: SubscriberStats, idle_s: float, cap_s: float) -> None:
+    """Return once no frame came for ``idle_s`` seconds, or after ``cap_s``."""
+    with trio.move_on_after(cap_s):
+        while True:
+            if trio.current_time() - max(stats.last_frame, 0.0) >= idle_s:
+                return
+            await trio.sleep(0.05)
+
+
+async def _run_worker(config: WorkerConfig, pipe: Connection) -> None:
+    stats = SubscriberStats(latency=config.latency)
+    settled = trio.Event()
+    limiter = trio.CapacityLimiter(config.connect_concurrency)
+    with trio.move_on_after(config.max_seconds):
+        async with trio.open_nursery() as nursery:
+            for offset in range(config.count):
+                nursery.start_soon(
+                    _subscriber, config, config.first + offset, stats, limiter, settled
+                )
+            with trio.move_on_after(READY_TIMEOUT_S):
+                await settled.wait()
+            pipe.send({"ready": stats.report()})
+            while True:
+                if not await trio.to_thread.run_sync(pipe.poll, 0.25):
+                    continue
+                command = pipe.recv()
+                if command["op"] == "stats":
+                    pipe.send({"stats": stats.report()})
+                elif command["op"] == "stop":
+                    await _wait_idle(stats, command["idle_s"], command["cap_s"])
+                    stats.stopping = True
+                    pipe.send({"final": stats.report()})
+                    nursery.cancel_scope.cancel()
+                    break
+    stats.stopping = True
+
+
+def worker_main(config: WorkerConfig, pipe: Connection) -> None:
+    """Entry point of a subscriber process; answers the parent over ``pipe``."""
+    _die_with_parent()
+    try:
+        trio.run(_run_worker, config, pipe)
+    except BaseException as error:
+        with contextlib.suppress(OSError, ValueError):
+            pipe.send({"error": f"{type(error).__name__}: {error}"[:1000]})
+        raise
+    finally:
+        pipe.close()
+
+
+class Subscribers:
+    """Worker processes holding ``total`` subscriber connections; stopped by PID on exit."""
+
+    def __init__(
+        self,
+        base_url: str,
+        total: int,
+        workers: int,
+        metric: str,
+        *,
+        latency: bool,
+        connect_concurrency: int,
+        max_seconds: float,
+    ) -> None:
+        self.total = total
+        self._processes: list[BaseProcess] = []
+        self._pipes: list[Connection] = []
+        self._child_ends: list[Connection] = []
+        context = multiprocessing.get_context("spawn")
+        first = 0
+        workers = max(1, min(workers, total)) if total else 0
+        for worker in range(workers):
+            count = total // workers + (1 if worker < total % workers else 0)
+            config = WorkerConfig(
+                base_url=check_loopback(base_url),
+                worker=worker,
+                first=first,
+                count=count,
+                metric=metric,
+                latency=latency,
+                connect_concurrency=connect_concurrency,
+                max_seconds=max_seconds,
+            )
+            first += count
+            parent_end, child_end = context.Pipe(duplex=True)
+            process = context.Process(
+                target=worker_main, args=(config, child_end), name=f"subscribers-{worker}"
+            )
+            process.daemon = True
+            self._processes.append(process)
+            self._pipes.append(parent_end)
+            self._child_ends.append(child_end)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def __enter__(self) -> Subscribers:
+        try:
+            for process in self._processes:
+                process.start()
+            for child_end in self._child_ends:
+                child_end.close()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _receive(self, pipe: Connection, key: str, timeout: float) -> dict[str, Any]:
+        if not pipe.poll(timeout):
+            raise RuntimeError(f"a subscriber worker gave no {key!r} within {timeout:.0f}s")
+        message: dict[str, Any] = pipe.recv()
+        if "error" in message:
+            raise RuntimeError(f"a subscriber worker failed: {message['error']}")
+        if key not in message:
+            raise RuntimeError(f"a subscriber worker answered {sorted(message)}, not {key!r}")
+        report: dict[str, Any] = message[key]
+        return report
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        return [self._receive(pipe, "ready", READY_TIMEOUT_S + 30) for pipe in self._pipes]
+
+    def stats(self) -> list[dict[str, Any]]:
+        for pipe in self._pipes:
+            pipe.send({"op": "stats"})
+        return [self._receive(pipe, "stats", PIPE_TIMEOUT_S) for pipe in self._pipes]
+
+    def stop(self, idle_s: float, cap_s: float) -> list[dict[str, Any]]:
+        """Let the workers read until idle for ``idle_s`` (at most ``cap_s``), then stop."""
+        for pipe in self._pipes:
+            pipe.send({"op": "stop", "idle_s": idle_s, "cap_s": cap_s})
+        return [self._receive(pipe, "final", cap_s + PIPE_TIMEOUT_S) for pipe in self._pipes]
+
+    def close(self) -> None:
+        for process in self._processes:
+            if process.pid is not None:
+                process.join(10)
+        for process in self._processes:
+            if process.pid is not None and process.is_alive():
+                process.terminate()  # SIGTERM by PID
+                process.join(10)
+            if process.pid is not None and process.is_alive():
+                process.kill()
+                process.join(10)
+        for pipe in self._pipes:
+            pipe.close()
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add up worker reports; the latency histograms too."""
+    merged: dict[str, Any] = {
+        key: sum(r[key] for r in reports)
+        for key in (
+            "subscribed",
+            "connect_failures",
+            "open",
+            "sample_frames",
+            "samples",
+            "dropped_frames",
+            "dropped",
+            "heartbeats",
+            "error_frames",
+            "disconnects",
+            "latency_sum_ms",
+            "cpu_s",
+        )
+    }
+    reasons: Counter[str] = Counter()
+    counts = np.zeros(LATENCY_EDGES_MS.size + 1, dtype=np.int64)
+    for report in reports:
+        reasons.update(report["close_reasons"])
+        for index, count in report["latency_bins"].items():
+            counts[int(index)] += count
+    merged["close_reasons"] = dict(reasons)
+    merged["problems"] = [p for r in reports for p in r["problems"]][:5]
+    merged["latency_max_ms"] = max((r["latency_max_ms"] for r in reports), default=0.0)
+    merged["latency_counts"] = counts
+    return merged
+
+
+def histogram_percentile(counts: npt.NDArray[np.int64], q: float) -> float:
+    """Upper edge of the bin holding the ``q``-th percentile, in ms (within 0.5%)."""
+    total = int(counts.sum())
+    if total == 0:
+        return float("nan")
+    index = int(np.searchsorted(np.cumsum(counts), math.ceil(total * q / 100)))
+    return float(LATENCY_EDGES_MS[index]) if index < LATENCY_EDGES_MS.size else float("inf")
+
+
+# -- open files ---------------------------------------------------------------------
+
+
+def ensure_open_files(needed: int) -> str:
+    """Raise the soft open-file limit toward ``needed`` (at most the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    shown = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return f"open-file limit {soft} (hard {shown}) already covers {needed} descriptors"
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    note = f"raised the open-file limit from {soft} to {target} (hard {shown}) for {needed}"
+    if target < needed:
+        note += "; the hard limit is lower than needed, so connections may fail"
+    return note
+
+
+# -- part 1: latency ----------------------------------------------------------------
+
+
+def latency_series(metric: str, count: int) -> list[tuple[str, dict[str, str]]]:
+    return [(metric, labels) for labels in container_labels(count)]
+
+
+async def latency_writer(
+    base_url: str, metric: str, series: int, interval_s: float, frames: int
+) -> dict[str, Any]:
+    """Send ``frames`` columnar frames, one per ``interval_s``, values = send time."""
+    encoder = FrameEncoder("columnar", latency_series(metric, series))
+    index = np.arange(series, dtype="<u4").tobytes()
+    sent_at: dict[int, float] = {}
+    result: dict[str, Any] = {"frames": 0, "sent": 0, "accepted": 0, "rejected": 0, "errors": 0}
+    ack_ms: list[float] = []
+    behind_ms: list[float] = []
+    all_acked = trio.Event()
+    done_sending = False
+    problems: list[str] = []
+
+    async with ingest_connection(base_url) as ws:
+        await define_series(ws, encoder, 0)
+
+        async def read_acks() -> None:
+            while True:
+                ack = decode_ack(await ws.get_message())
+                seq = ack.get("ack", ack.get("seq"))
+                started = sent_at.pop(seq, None) if isinstance(seq, int) else None
+                if started is not None:
+                    ack_ms.append((time.perf_counter() - started) * 1000)
+                if "error" in ack:
+                    result["errors"] += 1
+                    problems.append(str(ack["error"])[:300])
+                else:
+                    result["accepted"] += int(ack["accepted"])
+                    result["rejected"] += int(ack.get("rejected_total", len(ack["rejected"])))
+                    if ack["rejected"] and len(problems) < 3:
+                        problems.append(str(ack["rejected"][0])[:300])
+                if done_sending and not sent_at:
+                    all_acked.set()
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_acks)
+            start = trio.current_time()
+            last_ms = 0
+            for number in range(frames):
+                due = start + number * interval_s
+                await trio.sleep_until(due)
+                behind_ms.append((trio.current_time() - due) * 1000)
+                now = time.time()
+                # Strictly increasing per series, even if a tick came late.
+                stamp_ms = max(last_ms + 1, int(now * 1000))
+                last_ms = stamp_ms
+                frame = msgpack.packb(
+                    {
+                        "seq": number + 1,
+                        "series_index": index,
+                        "timestamps_ms": np.full(series, stamp_ms, dtype="<i8").tobytes(),
+                        "values": np.full(series, now, dtype="<f8").tobytes(),
+                    },
+                    use_bin_type=True,
+                )
+                sent_at[number + 1] = time.perf_counter()
+                await ws.send_message(frame)
+                result["frames"] += 1
+                result["sent"] += series
+            done_sending = True
+            if not sent_at:
+                all_acked.set()
+            with trio.move_on_after(30):
+                await all_acked.wait()
+            nursery.cancel_scope.cancel()
+    result["unacked_frames"] = len(sent_at)
+    result["ack_p50_ms"] = median(ack_ms)
+    result["ack_p99_ms"] = percentile(ack_ms, 99)
+    result["tick_late_p99_ms"] = percentile(behind_ms, 99)
+    result["problems"] = problems[:3]
+    return result
+
+
+def run_latency(args: argparse.Namespace, subscribers: int, round_: int) -> dict[str, Any]:
+    frames = max(1, round(args.latency_duration / args.interval))
+    profile = None
+    if args.profile_dir and round_ == 0:
+        profile = os.path.join(args.profile_dir, f"latency_{subscribers}.txt")
+    with ServerProcess(shards=args.shards) as server:
+        with Subscribers(
+            server.base_url,
+            subscribers,
+            args.workers,
+            args.metric,
+            latency=True,
+            connect_concurrency=args.connect_concurrency,
+            max_seconds=READY_TIMEOUT_S + args.latency_duration + args.drain_cap + 120,
+        ) as workers:
+            ready = merge_reports(workers.wait_ready())
+            before = merge_reports(workers.stats())
+            server_cpu = cpu_seconds(server.pid)
+            machine_cpu = machine_busy_seconds()
+            writer_cpu = time.process_time()
+            started = time.perf_counter()
+            with Profiler(server.pid, profile):
+                writer = trio.run(
+                    latency_writer,
+                    server.base_url,
+                    args.metric,
+                    args.latency_series,
+                    args.interval,
+                    frames,
+                )
+                final = merge_reports(workers.stop(args.drain_idle, args.drain_cap))
+            elapsed = time.perf_counter() - started
+            writer_cpu = time.process_time() - writer_cpu
+            server_after = cpu_seconds(server.pid)
+            machine_after = machine_busy_seconds()
+            memory = memory_kib(server.pid)
+            log_tail = server.log_tail(5)
+    counts = final["latency_counts"]
+    delivered = int(counts.sum())
+    expected = writer["accepted"] * ready["subscribed"]
+    report: dict[str, Any] = {
+        "subscribers": subscribers,
+        "round": round_,
+        "subscribed": ready["subscribed"],
+        "connect_failures": ready["connect_failures"],
+        "writer": writer,
+        "expected": expected,
+        "delivered": delivered,
+        "dropped": final["dropped"],
+        "dropped_frames": final["dropped_frames"],
+        "missing": expected - delivered - final["dropped"],
+        "disconnects": final["disconnects"],
+        "close_reasons": final["close_reasons"],
+        "error_frames": final["error_frames"],
+        "problems": final["problems"] + ready["problems"],
+        "sample_frames": final["sample_frames"],
+        "p50_ms": histogram_percentile(counts, 50),
+        "p90_ms": histogram_percentile(counts, 90),
+        "p99_ms": histogram_percentile(counts, 99),
+        "p999_ms": histogram_percentile(counts, 99.9),
+        "max_ms": final["latency_max_ms"],
+        "mean_ms": final["latency_sum_ms"] / delivered if delivered else float("nan"),
+        "elapsed_s": elapsed,
+        "server_memory_kib": memory,
+    }
+    if server_cpu is not None and server_after is not None:
+        report["server_cpu_share"] = (server_after - server_cpu) / elapsed
+    if machine_cpu is not None and machine_after is not None:
+        report["machine_cpu_share"] = (machine_after - machine_cpu) / elapsed
+    report["subscriber_cpu_share"] = (final["cpu_s"] - before["cpu_s"]) / elapsed
+    report["writer_cpu_share"] = writer_cpu / elapsed
+    add_other_cpu(report)
+    if report["disconnects"] or report["error_frames"]:
+        report["server_log_tail"] = log_tail
+    return report
+
+
+def add_other_cpu(report: dict[str, Any]) -> None:
+    """Add ``other_cpu_share``: machine CPU that neither the server nor our processes used.
+
+    Other people's work on a shared machine shows up here; with 2 cores, a
+    large share of it means the numbers are pessimistic.
+    """
+    if "machine_cpu_share" in report and "server_cpu_share" in report:
+        ours = (
+            report["server_cpu_share"] + report["subscriber_cpu_share"] + report["writer_cpu_share"]
+        )
+        report["other_cpu_share"] = max(0.0, report["machine_cpu_share"] - ours)
+
+
+def summarize_latency(report: dict[str, Any]) -> str:
+    writer = report["writer"]
+    line = (
+        f"latency, {report['subscribers']:>5} subscribers (round {report['round'] + 1}): "
+        f"p50 {report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms, "
+        f"p99.9 {report['p999_ms']:.1f} ms, max {report['max_ms']:.1f} ms; "
+        f"delivered {report['delivered']:,} of {report['expected']:,}, "
+        f"dropped {report['dropped']:,} in {report['dropped_frames']:,} frames, "
+        f"missing {report['missing']:,}, disconnects {report['disconnects']}"
+    )
+    line += (
+        f"\n    subscribed {report['subscribed']} (failed {report['connect_failures']}); "
+        f"writer sent {writer['sent']:,} in {writer['frames']} frames, "
+        f"accepted {writer['accepted']:,}, ack p50 {writer['ack_p50_ms']:.1f} ms "
+        f"p99 {writer['ack_p99_ms']:.1f} ms; CPU: server "
+        f"{report.get('server_cpu_share', float('nan')):.0%}, subscribers "
+        f"{report['subscriber_cpu_share']:.0%}, writer {report['writer_cpu_share']:.0%}, "
+        f"others {report.get('other_cpu_share', float('nan')):.0%}, machine "
+        f"{report.get('machine_cpu_share', float('nan')):.0%} (100% = one core)"
+    )
+    if report["close_reasons"]:
+        line += f"\n    close reasons: {report['close_reasons']}"
+    for problem in report["problems"][:3]:
+        line += f"\n    problem: {problem}"
+    return line
+
+
+# -- part 2: throughput -------------------------------------------------------------
+
+
+async def throughput_writer(
+    args: argparse.Namespace, server: ServerProcess, workers: Subscribers
+) -> dict[str, Any]:
+    encoder = FrameEncoder("columnar", container_series(args.series))
+    frames_total = (args.runs + 1) * args.max_frames
+    lookback_ms = (frames_total + 1) * STEP_MS
+    if lookback_ms > RETENTION_MS - DAY_MS:
+        raise SystemExit("--runs x --max-frames reach past the retention; lower them")
+    source = FrameSource(encoder, aligned_now_ms() - lookback_ms)
+    runs: list[dict[str, Any]] = []
+    limit_s = (args.runs + 1) * (args.duration * 6 + 30)
+    with trio.fail_after(limit_s):
+        async with ingest_connection(server.base_url) as ws:
+            await define_series(ws, encoder, 0)
+            for number in range(args.runs + 1):
+                warmup = number == 0
+                if warmup and args.warmup == 0:
+                    continue
+                before = merge_reports(await trio.to_thread.run_sync(workers.stats))
+                server_cpu = cpu_seconds(server.pid)
+                machine_cpu = machine_busy_seconds()
+                client_cpu = time.process_time()
+                result = await stream_frames(
+                    ws,
+                    source,
+                    window=args.window,
+                    duration_s=args.warmup if warmup else args.duration,
+                    max_frames=args.max_frames,
+                )
+                client_after = time.process_time()
+                server_after = cpu_seconds(server.pid)
+                machine_after = machine_busy_seconds()
+                after = merge_reports(await trio.to_thread.run_sync(workers.stats))
+                elapsed = max(result.elapsed_s, 1e-9)
+                run: dict[str, Any] = {
+                    "warmup": warmup,
+                    "frames": result.frames,
+                    "sent": result.sent,
+                    "accepted": result.accepted,
+                    "rejected": result.rejected,
+                    "errors": result.errors,
+                    "first_problem": result.first_problem,
+                    "elapsed_s": result.elapsed_s,
+                    "samples_per_s": result.rate,
+                    "ack_p50_ms": median(result.ack_latency_ms),
+                    "ack_p99_ms": percentile(result.ack_latency_ms, 99),
+                    "writer_cpu_share": (client_after - client_cpu) / elapsed,
+                    "delivered": after["samples"] - before["samples"],
+                    "dropped": after["dropped"] - before["dropped"],
+                    "open_subscribers": after["open"],
+                    "disconnects": after["disconnects"],
+                    "subscriber_cpu_share": (after["cpu_s"] - before["cpu_s"]) / elapsed,
+                }
+                if server_cpu is not None and server_after is not None:
+                    run["server_cpu_share"] = (server_after - server_cpu) / elapsed
+                if machine_cpu is not None and machine_after is not None:
+                    run["machine_cpu_share"] = (machine_after - machine_cpu) / elapsed
+                add_other_cpu(run)
+                runs.append(run)
+                if not result.clean:
+                    break
+    return {"runs": runs}
+
+
+def run_throughput(args: argparse.Namespace, subscribers: int) -> dict[str, Any]:
+    profile = None
+    if args.profile_dir:
+        profile = os.path.join(args.profile_dir, f"throughput_{subscribers}.txt")
+    with ServerProcess(shards=args.shards) as server:
+        with Subscribers(
+            server.base_url,
+            subscribers,
+            args.workers,
+            args.metric,
+            latency=False,
+            connect_concurrency=args.connect_concurrency,
+            max_seconds=READY_TIMEOUT_S + (args.runs + 1) * (args.duration * 6 + 30) + 120,
+        ) as workers:
+            ready = merge_reports(workers.wait_ready())
+            with Profiler(server.pid, profile):
+                written = trio.run(throughput_writer, args, server, workers)
+            final = merge_reports(workers.stop(0.5, 10.0))
+            memory = memory_kib(server.pid)
+            log_tail = server.log_tail(5)
+    timed = [run for run in written["runs"] if not run["warmup"]]
+    report: dict[str, Any] = {
+        "subscribers": subscribers,
+        "subscribed": ready["subscribed"],
+        "connect_failures": ready["connect_failures"],
+        "runs": written["runs"],
+        "clean": len(timed) == args.runs
+        and all(run["accepted"] == run["sent"] and not run["first_problem"] for run in timed),
+        "median_samples_per_s": median([run["samples_per_s"] for run in timed]),
+        "min_samples_per_s": min((run["samples_per_s"] for run in timed), default=0.0),
+        "max_samples_per_s": max((run["samples_per_s"] for run in timed), default=0.0),
+        "delivered": final["samples"],
+        "dropped": final["dropped"],
+        "disconnects": final["disconnects"],
+        "close_reasons": final["close_reasons"],
+        "problems": final["problems"],
+        "server_memory_kib": memory,
+    }
+    if final["disconnects"]:
+        report["server_log_tail"] = log_tail
+    return report
+
+
+def summarize_throughput(report: dict[str, Any]) -> str:
+    lines = [
+        f"throughput, {report['subscribers']:>5} subscribers: median "
+        f"{report['median_samples_per_s']:,.0f} samples/s acked (min "
+        f"{report['min_samples_per_s']:,.0f}, max {report['max_samples_per_s']:,.0f}); "
+        f"{'clean' if report['clean'] else 'NOT CLEAN'}; subscribed {report['subscribed']} "
+        f"(failed {report['connect_failures']}), delivered {report['delivered']:,}, "
+        f"dropped {report['dropped']:,}, disconnects {report['disconnects']}"
+    ]
+    for run in report["runs"]:
+        if run["warmup"]:
+            continue
+        lines.append(
+            f"  run: {run['samples_per_s']:>10,.0f} samples/s, {run['frames']} frames in "
+            f"{run['elapsed_s']:.2f}s, ack p50 {run['ack_p50_ms']:.1f} ms p99 "
+            f"{run['ack_p99_ms']:.1f} ms; delivered {run['delivered']:,}, dropped "
+            f"{run['dropped']:,}, open {run['open_subscribers']}; CPU server "
+            f"{run.get('server_cpu_share', float('nan')):.0%}, writer "
+            f"{run['writer_cpu_share']:.0%}, subscribers {run['subscriber_cpu_share']:.0%}, "
+            f"others {run.get('other_cpu_share', float('nan')):.0%}, "
+            f"machine {run.get('machine_cpu_share', float('nan')):.0%}"
+        )
+    if report["close_reasons"]:
+        lines.append(f"  close reasons: {report['close_reasons']}")
+    for problem in report["problems"][:3]:
+        lines.append(f"  problem: {problem}")
+    return "\n".join(lines)
+
+
+# -- the parent -----------------------------------------------------------------------
+
+
+def parse_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}") from None
+    if not counts or any(count < 0 or count > 1000 for count in counts):
+        raise argparse.ArgumentTypeError("counts must be 0..1000 (the server's feed limit)")
+    return counts
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["latency", "throughput", "all"], default="all")
+    parser.add_argument("--workers", type=int, default=2, help="subscriber processes")
+    parser.add_argument("--shards", type=int, default=2, help="shards of each started server")
+    parser.add_argument(
+        "--metric", default=METRIC_NAMES[0], help="the metric every subscriber subscribes to"
+    )
+    parser.add_argument("--connect-concurrency", type=int, default=32, help="per worker")
+    latency = parser.add_argument_group("latency")
+    latency.add_argument("--subscribers", type=parse_counts, default=[1, 100, 1000])
+    latency.add_argument("--rounds", type=int, default=3, help="rounds per subscriber count")
+    latency.add_argument("--latency-series", type=int, default=100)
+    latency.add_argument("--interval", type=float, default=0.1, help="seconds between frames")
+    latency.add_argument("--latency-duration", type=float, default=10.0, help="seconds")
+    latency.add_argument(
+        "--drain-idle", type=float, default=2.0, help="stop once no frame came for this long"
+    )
+    latency.add_argument("--drain-cap", type=float, default=30.0, help="most seconds to drain")
+    throughput = parser.add_argument_group("throughput")
+    throughput.add_argument(
+        "--throughput-subscribers", type=parse_counts, default=[0, 1000], help="e.g. 0,1000"
+    )
+    throughput.add_argument("--series", type=int, default=10_000, help="series per frame")
+    throughput.add_argument("--runs", type=int, default=5, help="timed runs per count")
+    throughput.add_argument("--duration", type=float, default=4.0, help="seconds per run")
+    throughput.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up")
+    throughput.add_argument("--window", type=int, default=8, help="most frames awaiting an ack")
+    throughput.add_argument("--max-frames", type=int, default=2000, help="most frames per run")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--profile-dir", help="record the server with py-spy into DIR/<part>_<count>.txt (raw)"
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.workers <= 16 or not 1 <= args.connect_concurrency <= 256:
+        parser.error("--workers in 1..16, --connect-concurrency in 1..256")
+    if not 1 <= args.rounds <= 10 or not 1 <= args.runs <= 20:
+        parser.error("--rounds in 1..10, --runs in 1..20")
+    if not 0 < args.latency_duration <= 120 or not 0.01 <= args.interval <= 10:
+        parser.error("--latency-duration in (0, 120] s, --interval in [0.01, 10] s")
+    if not 0 < args.duration <= 60 or not 0 <= args.warmup <= 60:
+        parser.error("--duration in (0, 60] s, --warmup in [0, 60] s")
+    if not 0 < args.drain_idle <= 30 or not 0 < args.drain_cap <= 120:
+        parser.error("--drain-idle in (0, 30] s, --drain-cap in (0, 120] s")
+    if args.series < 10 or args.series % len(METRIC_NAMES) or args.latency_series < 1:
+        parser.error(f"--series must be a multiple of {len(METRIC_NAMES)}, at least 10")
+    if args.window < 1 or args.max_frames < 1:
+        parser.error("--window and --max-frames >= 1")
+    return args
+
+
+def median_of(reports: list[dict[str, Any]], key: str) -> float:
+    return median([report[key] for report in reports])
+
+
+def verdicts(
+    latency: dict[int, list[dict[str, Any]]], throughput: dict[int, dict[str, Any]]
+) -> Iterator[str]:
+    if 1000 in latency:
+        p99 = median_of(latency[1000], "p99_ms")
+        gap = p99 - P99_TARGET_MS
+        state = "met" if gap < 0 else f"MISSED by {gap:,.1f} ms ({p99 / P99_TARGET_MS:.1f}x)"
+        yield f"p99 latency at 1,000 subscribers < {P99_TARGET_MS:.0f} ms: {p99:,.1f} ms, {state}"
+    if 0 in throughput and 1000 in throughput:
+        base = throughput[0]["median_samples_per_s"]
+        loaded = throughput[1000]["median_samples_per_s"]
+        kept = loaded / base if base else float("nan")
+        gap_points = (THROUGHPUT_TARGET - kept) * 100
+        state = "met" if kept >= THROUGHPUT_TARGET else f"MISSED by {gap_points:.1f} points"
+        yield (
+            f"ingest kept with 1,000 subscribers >= {THROUGHPUT_TARGET:.0%}: "
+            f"{loaded:,.0f} / {base:,.0f} samples/s = {kept:.1%}, {state}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    counts = []
+    if args.part in ("latency", "all"):
+        counts += args.subscribers
+    if args.part in ("throughput", "all"):
+        counts += args.throughput_subscribers
+    print(json.dumps(machine_info()))
+    limit_note = ensure_open_files(max(counts, default=0) + SPARE_DESCRIPTORS)
+    print(limit_note, flush=True)
+    if args.profile_dir:
+        os.makedirs(args.profile_dir, exist_ok=True)
+
+    latency: dict[int, list[dict[str, Any]]] = {}
+    throughput: dict[int, dict[str, Any]] = {}
+    if args.part in ("latency", "all"):
+        for count in args.subscribers:
+            for round_ in range(args.rounds):
+                report = run_latency(args, count, round_)
+                print(summarize_latency(report), flush=True)
+                latency.setdefault(count, []).append(report)
+    if args.part in ("throughput", "all"):
+        for count in args.throughput_subscribers:
+            report = run_throughput(args, count)
+            print(summarize_throughput(report), flush=True)
+            throughput[count] = report
+
+    print("\nsummary (median over rounds/runs):")
+    for count, reports in latency.items():
+        print(
+            f"  latency {count:>5} subscribers: p50 {median_of(reports, 'p50_ms'):,.1f} ms, "
+            f"p99 {median_of(reports, 'p99_ms'):,.1f} ms over {len(reports)} rounds; dropped "
+            f"{sum(r['dropped'] for r in reports):,}, disconnects "
+            f"{sum(r['disconnects'] for r in reports)}, missing "
+            f"{sum(r['missing'] for r in reports):,}"
+        )
+    for count, report in throughput.items():
+        print(
+            f"  throughput {count:>5} subscribers: {report['median_samples_per_s']:,.0f} "
+            f"samples/s (median of {args.runs} runs)"
+        )
+    for line in verdicts(latency, throughput):
+        print(f"  {line}")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(
+                {
+                    "machine": machine_info(),
+                    "open_files": limit_note,
+                    "args": {k: v for k, v in vars(args).items()},
+                    "latency": {str(k): v for k, v in latency.items()},
+                    "throughput": {str(k): v for k, v in throughput.items()},
+                },
+                out,
+                indent=1,
+                default=_json_default,
+            )
+    clean = all(report["clean"] for report in throughput.values())
+    return 0 if clean else 1
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Durable storage: restarts, SIGKILL, damaged logs and block files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from trio_websocket import open_websocket_url
+
+from metricstore import MetricValue, QueryEngine, RetentionPolicy
+from metricstore.errors import DataDirectoryError
+from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
+from metricstore.storage.wal import list_segments
+from test_cli import free_port, wait_ready
+
+T0 = 1_700_000_000
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def config(data_dir: Path, clock: Clock, **overrides: object) -> PipelineConfig:
+    settings: dict[str, object] = {
+        "policy": RetentionPolicy("p", timedelta(days=1)),
+        "shards": 2,
+        "clock": clock,
+        "data_dir": data_dir,
+        "head_capacity": 64,
+    }
+    settings.update(overrides)
+    return PipelineConfig(**settings)  # type: ignore[arg-type]
+
+
+def mem_bytes(count: int) -> list[MetricValue]:
+    return [
+        MetricValue("mem_bytes", float(i + 1), at(T0 + i), {"container": "web-1"})
+        for i in range(count)
+    ]
+
+
+async def stored_values(data_dir: Path, clock: Clock, **overrides: object) -> list[float]:
+    async with open_pipeline(config(data_dir, clock, **overrides)) as storage:
+        found = await QueryEngine(storage, clock=clock).query_metrics(
+            "mem_bytes", start_time=at(T0 - 1)
+        )
+    return [m.value for m in found]
+
+
+async def test_restart_keeps_everything(tmp_path: Path) -> None:
+    clock = Clock(T0 + 1000)
+    async with open_pipeline(config(tmp_path, clock)) as storage:
+        result = await storage.store_metrics(mem_bytes(1000))
+        assert result.accepted == 1000
+        await storage.store_metrics([MetricValue("cpu", 1.5, at(T0), {"host": "a"}, "percent")])
+    assert await stored_values(tmp_path, clock) == [float(i) for i in range(1, 1001)]
+
+    async with open_pipeline(config(tmp_path, clock)) as storage:
+        engine = QueryEngine(storage, clock=clock)
+        assert await engine.get_metric_names() == ["cpu", "mem_bytes"]
+        cpu = await engine.query_latest("cpu")
+        assert [(m.value, m.unit, m.labels) for m in cpu] == [(1.5, "percent", {"host": "a"})]
+        # Ids survive: a new sample of a known series joins it.
+        await storage.store_metrics([MetricValue("cpu", 2.5, at(T0 + 1), {"host": "a"})])
+        stats = await engine.get_storage_stats()
+        assert stats["series"] == 2
+
+
+async def test_blocks_replace_log(tmp_path: Path) -> None:
+    clock = Clock(T0 + 1000)
+    async with open_pipeline(config(tmp_path, clock)) as storage:
+        await storage.store_metrics(mem_bytes(1000))
+        await storage.cut_heads()
+    assert raw_blocks(tmp_path)
+    manifest = json.loads((tmp_path / "shard-0" / "MANIFEST").read_text())
+    segments = [n for n, _ in list_segments(tmp_path / "shard-0" / "wal")]
+    assert min(segments) >= manifest["wal_checkpoint"]
+    assert await stored_values(tmp_path, clock) == [float(i) for i in range(1, 1001)]
+
+
+def raw_blocks(data_dir: Path, shard: str = "*") -> list[Path]:
+    return sorted(data_dir.glob(f"shard-{shard}/blocks/*.raw"))
+
+
+def truncate_by(path: Path, count: int) -> None:
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size - count)
+
+
+def append_zeros(path: Path, count: int) -> None:
+    with open(path, "ab") as file:
+        file.write(b"\x00" * count)
+
+
+def flip_byte(path: Path, position: int, mask: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[position] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def spawn(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def newest_segment(data_dir: Path) -> Path:
+    candidates = []
+    for shard in data_dir.glob("shard-*"):
+        for _, path in list_segments(shard / "wal"):
+            if path.stat().st_size:
+                candidates.append(path)
+    return max(candidates, key=lambda p: p.stat().st_size)
+
+
+async def write_in_batches(data_dir: Path, clock: Clock, batches: int = 10) -> None:
+    # No head cut, so everything stays in the log.
+    async with open_pipeline(config(data_dir, clock, head_capacity=1 << 16)) as storage:
+        samples = mem_bytes(1000)
+        for start in range(0, 1000, 1000 // batches):
+            await storage.store_metrics(samples[start : start + 1000 // batches])
+
+
+async def test_torn_tail_truncated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock(T0 + 1000)
+    await write_in_batches(tmp_path, clock)
+    truncate_by(newest_segment(tmp_path), 50)
+    values = await stored_values(tmp_path, clock, head_capacity=1 << 16)
+    # The last batch of 100 samples was torn; the 900 before it are intact.
+    assert values == [float(i) for i in range(1, 901)]
+    assert any(
+        "torn record" in r.getMessage() and "bytes" in r.getMessage() for r in caplog.records
+    )
+    # The torn tail was cut, so a second start is clean.
+    caplog.clear()
+    assert await stored_values(tmp_path, clock, head_capacity=1 << 16) == values
+    assert not any("torn" in r.getMessage() for r in caplog.records)
+
+
+async def test_bit_flip_stops_segment(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock(T0 + 1000)
+    await write_in_batches(tmp_path, clock)
+    segment = newest_segment(tmp_path)
+    flip_byte(segment, segment.stat().st_size // 2, 0x40)
+    values = await stored_values(tmp_path, clock, head_capacity=1 << 16)
+    # The records before the damaged one are back, and no wrong value.
+    assert values == [float(i) for i in range(1, len(values) + 1)]
+    assert 0 < len(values) < 1000
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("checksum mismatch" in e and segment.name in e for e in errors)
+
+
+async def test_zero_tail_ignored(tmp_path: Path) -> None:
+    clock = Clock(T0 + 1000)
+    await write_in_batches(tmp_path, clock)
+    append_zeros(newest_segment(tmp_path), 4096)
+    assert await stored_values(tmp_path, clock, head_capacity=1 << 16) == [
+        float(i) for i in range(1, 1001)
+    ]
+
+
+async def test_corrupt_block_quarantined(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock(T0 + 1000)
+    async with open_pipeline(config(tmp_path, clock, shards=1)) as storage:
+        await storage.store_metrics(mem_bytes(100))
+        await storage.cut_heads()
+        await storage.store_metrics([MetricValue("other", 1.0, at(T0), {"x": "1"})])
+    block = raw_blocks(tmp_path, "0")[0]
+    flip_byte(block, -3, 0xFF)
+
+    async with open_pipeline(config(tmp_path, clock, shards=1)) as storage:
+        engine = QueryEngine(storage, clock=clock)
+        assert await engine.query_metrics("mem_bytes", start_time=at(T0)) == []
+        other = await engine.query_metrics("other", start_time=at(T0))
+        assert [m.value for m in other] == [1.0]
+    assert (tmp_path / "shard-0" / "quarantine" / block.name).exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(block.name in e and "failed validation" in e for e in errors)
+
+
+async def test_retention_frees_disk(tmp_path: Path) -> None:
+    clock = Clock(T0 + 1000)
+    policy = RetentionPolicy("p", timedelta(hours=1))
+    async with open_pipeline(config(tmp_path, clock, policy=policy, shards=1)) as storage:
+        await storage.store_metrics(mem_bytes(100))
+        await storage.cut_heads()
+        assert raw_blocks(tmp_path, "0")
+        clock.now = T0 + 2 * 3600
+        await storage.apply_retention_policy()
+        assert raw_blocks(tmp_path, "0") == []
+    assert await stored_values(tmp_path, clock, policy=policy, shards=1) == []
+
+
+async def test_downsampled_not_counted_twice(tmp_path: Path) -> None:
+    clock = Clock(T0 + 4 * 3600)
+    policy = RetentionPolicy(
+        "p",
+        timedelta(days=1),
+        downsampling_interval=timedelta(minutes=5),
+        downsample_after=timedelta(hours=1),
+    )
+    base = (T0 // 300) * 300
+    samples = [MetricValue("mem_bytes", 1.0, at(base + 15 * i)) for i in range(480)]
+    overrides = {"policy": policy, "shards": 1, "head_capacity": 1 << 16}
+    async with open_pipeline(config(tmp_path, clock, **overrides)) as storage:
+        await storage.store_metrics(samples)
+        await storage.apply_retention_policy()
+    async with open_pipeline(config(tmp_path, clock, **overrides)) as storage:
+        engine = QueryEngine(storage, clock=clock)
+        count = await engine.query_metrics("mem_bytes", start_time=at(base), aggregation="count")
+        assert [m.value for m in count] == [480.0]
+
+
+async def test_shard_count_change_rejected(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    async with open_pipeline(config(tmp_path, clock, shards=2)):
+        pass
+    with pytest.raises(DataDirectoryError) as raised:
+        async with open_pipeline(config(tmp_path, clock, shards=3)):
+            pass
+    assert "--shards 2" in str(raised.value)
+
+
+async def test_sigkill_keeps_acked(tmp_path: Path) -> None:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "metricstore",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path),
+        "--no-self-scrape",
+    ]
+    base_url = f"http://127.0.0.1:{port}"
+    process = spawn(command)
+    acked: dict[int, float] = {}
+    now = int(time.time())
+    try:
+        await wait_ready(base_url, process)  # type: ignore[arg-type]
+        async with open_websocket_url(base_url.replace("http", "ws") + "/ws/ingest") as ws:
+            for seq in range(40):
+                rows = [
+                    {
+                        "name": "kill_test",
+                        "value": seq * 100 + i,
+                        "timestamp": now - 300 + seq + i / 100,
+                        "labels": {"n": str(i % 7)},
+                    }
+                    for i in range(100)
+                ]
+                await ws.send_message(json.dumps({"seq": seq, "metrics": rows}))
+                if seq == 39:
+                    break
+                ack = json.loads(await ws.get_message())
+                assert ack["accepted"] == 100
+                for i in range(100):
+                    acked[seq * 100 + i] = float(seq * 100 + i)
+            # Kill while the last batch may be in flight.
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=20)
+
+    process = spawn(command)
+    try:
+        await wait_ready(base_url, process)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            response = await client.get(
+                "/metrics/kill_test", params={"start": now - 400, "end": now + 60}
+            )
+        values = {
+            point["value"] for series in response.json()["series"] for point in series["points"]
+        }
+        assert set(acked.values()) <= values
+        assert len(values) - len(acked) in (0, 100)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    assert process.returncode == 0
