@@ -14,7 +14,7 @@ import httpx
 import pytest
 from trio_websocket import open_websocket_url
 
-from metricstore import MetricValue, QueryEngine, RetentionPolicy
+from metricstore import FileTimeSeriesStorage, MetricValue, QueryEngine, RetentionPolicy
 from metricstore.errors import DataDirectoryError
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
 from metricstore.storage.wal import list_segments
@@ -295,3 +295,31 @@ async def test_sigkill_keeps_acked(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
     assert process.returncode == 0
+
+
+async def test_file_storage_roundtrip(tmp_path: Path) -> None:
+    clock = Clock(T0 + 1000)
+    policy = RetentionPolicy("p", timedelta(days=1))
+    storage = FileTimeSeriesStorage(tmp_path, policy, clock=clock)
+    result = await storage.store_metrics(
+        [*mem_bytes(500), MetricValue("cpu", 2.0, at(T0), {"host": "a"}, "percent")]
+    )
+    assert result.accepted == 501
+    storage.flush()
+    await storage.store_metrics([MetricValue("cpu", 3.0, at(T0 + 1), {"host": "a"})])
+    storage.close()
+
+    reopened = FileTimeSeriesStorage(tmp_path, policy, clock=clock)
+    engine = QueryEngine(reopened, clock=clock)
+    assert [m.value for m in await engine.query_metrics("mem_bytes", start_time=at(T0))] == [
+        float(i) for i in range(1, 501)
+    ]
+    cpu = await engine.query_metrics("cpu", start_time=at(T0))
+    assert [(m.value, m.unit) for m in cpu] == [(2.0, "percent"), (3.0, "percent")]
+    assert reopened.recovery.samples == 1
+    stats = await reopened.get_storage_stats()
+    assert stats["storage"] == "file"
+    reopened.close()
+
+    # A one-shard pipeline serves the same directory.
+    assert await stored_values(tmp_path, clock, shards=1) == [float(i) for i in range(1, 501)]

@@ -19,6 +19,7 @@ from metricstore.query import QueryEngine as QueryEngine
 from metricstore.storage.base import IngestResult as IngestResult
 from metricstore.storage.base import Rejection as Rejection
 from metricstore.storage.base import TimeSeriesStorage as TimeSeriesStorage
+from metricstore.storage.file import FileTimeSeriesStorage as FileTimeSeriesStorage
 from metricstore.storage.memory import InMemoryTimeSeriesStorage as InMemoryTimeSeriesStorage
 from metricstore.storage.results import SeriesResult as SeriesResult
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,18 +18,15 @@ from metricstore.actors.messages import Envelope, Inbox, Mailbox
 from metricstore.actors.query import QueryActor
 from metricstore.actors.retention import RetentionActor
 from metricstore.actors.shard import FsyncMode, ShardActor
-from metricstore.errors import DataDirectoryError
 from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy
 from metricstore.pipeline.storage import ActorTimeSeriesStorage
 from metricstore.storage.durable import ShardFiles
 from metricstore.storage.index import SeriesIndex
+from metricstore.storage.layout import check_layout
 from metricstore.storage.series_log import SeriesLog
 from metricstore.storage.shard import DEFAULT_HEAD_CAPACITY, ShardStore
 
 logger = logging.getLogger("metricstore.pipeline")
-
-# Records the layout a data directory was written with.
-LAYOUT_FILE = "LAYOUT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,22 +182,3 @@ def recover_data_dir(
         replayed,
     )
     return series_log, files
-
-
-def check_layout(data_dir: Path, shards: int) -> None:
-    """Reject a data directory written with another shard count.
-
-    Series are routed by a hash modulo the shard count, so with another
-    count each series would be looked up in the wrong shard.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LAYOUT_FILE
-    if not path.exists():
-        path.write_text(json.dumps({"version": 1, "shards": shards}))
-        return
-    written = json.loads(path.read_text()).get("shards")
-    if written != shards:
-        raise DataDirectoryError(
-            f"the data directory {data_dir} was written with {written} shards; "
-            f"start with --shards {written} or use another --data-dir"
-        )

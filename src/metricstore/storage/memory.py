@@ -23,7 +23,7 @@ from metricstore.storage.base import (
 from metricstore.storage.index import SeriesIds, SeriesIndex
 from metricstore.storage.matchers import Matcher
 from metricstore.storage.results import Aggregation, SeriesResult, assemble_results
-from metricstore.storage.shard import MAX_TIME, ShardStore
+from metricstore.storage.shard import MAX_TIME, AppendResult, ShardStore
 from metricstore.times import timedelta_to_ms
 
 DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(seconds=10)
@@ -97,13 +97,25 @@ class InMemoryTimeSeriesStorage(TimeSeriesStorage):
     ) -> tuple[SeriesIds, SeriesIds, dict[int, str]]:
         ids = np.empty(len(definitions), dtype=np.int64)
         errors: dict[int, str] = {}
+        changed: list[int] = []
         for slot, definition in enumerate(definitions):
+            known = self._index.lookup(definition.key)
+            old_unit = None if known is None else self._index.units[known]
             try:
-                ids[slot] = self._index.resolve(definition.key, definition.unit)[0]
+                series_id, created = self._index.resolve(definition.key, definition.unit)
             except ValidationError as error:
                 ids[slot] = -1
                 errors[slot] = str(error)
+                continue
+            ids[slot] = series_id
+            if created or old_unit != self._index.units[series_id]:
+                changed.append(series_id)
+        if changed:
+            self._series_changed(changed)
         return ids, np.zeros(len(definitions), dtype=np.int64), errors
+
+    def _series_changed(self, series_ids: list[int]) -> None:
+        """Hook: series were created or changed unit."""
 
     async def ingest_resolved(
         self,
@@ -113,11 +125,20 @@ class InMemoryTimeSeriesStorage(TimeSeriesStorage):
         values: npt.NDArray[np.float64],
         positions: SeriesIds,
     ) -> IngestResult:
-        appended = self._shard.append(ids, timestamps, values, self._now_ms())
+        now_ms = self._now_ms()
+        self._before_append(int(ids.size))
+        appended = self._shard.append(ids, timestamps, values, now_ms)
+        self._after_append(appended)
         self._index.activate(appended.revived)
         rejected = [Rejection(int(positions[index]), error) for index, error in appended.rejected]
         rejected.sort(key=lambda rejection: rejection.index)
         return IngestResult(accepted=appended.accepted, rejected=rejected)
+
+    def _before_append(self, count: int) -> None:
+        """Hook: ``count`` samples are about to be appended."""
+
+    def _after_append(self, appended: AppendResult) -> None:
+        """Hook: an append finished; raise to fail the call."""
 
     def _select(self, metric_name: str, labels: dict[str, str] | None) -> SeriesIds:
         return self._index.select(metric_name, labels)
