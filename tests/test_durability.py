@@ -6,7 +6,10 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 from trio_websocket import open_websocket_url
 
 from metricstore import FileTimeSeriesStorage, MetricValue, QueryEngine, RetentionPolicy
-from metricstore.errors import DataDirectoryError
+from metricstore.errors import DataDirectoryError, StorageUnavailableError
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
 from metricstore.storage.wal import list_segments
 from test_cli import free_port, wait_ready
@@ -323,3 +326,80 @@ async def test_file_storage_roundtrip(tmp_path: Path) -> None:
 
     # A one-shard pipeline serves the same directory.
     assert await stored_values(tmp_path, clock, shards=1) == [float(i) for i in range(1, 501)]
+
+
+@contextmanager
+def small_filesystem(size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size``; skip the test where mounting is not allowed."""
+    mount_point = Path(tempfile.mkdtemp(prefix="metricstore-full-"))
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        mount_point.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+        mount_point.rmdir()
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until the filesystem is full."""
+    chunk = b"\x00" * 65536
+    with open(path, "wb") as file:
+        try:
+            while True:
+                file.write(chunk)
+                file.flush()
+        except OSError:
+            pass
+
+
+async def test_disk_full_then_resume(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock(T0 + 1000)
+    with small_filesystem("4m") as mount_point:
+        data_dir = mount_point / "data"
+        settings = {"shards": 1, "head_capacity": 1 << 16}
+        async with open_pipeline(config(data_dir, clock, **settings)) as storage:
+            first = await storage.store_metrics(mem_bytes(100))
+            assert first.accepted == 100
+
+            fill(mount_point / "ballast")
+            batch = [
+                MetricValue("mem_bytes", float(i), at(T0 + 100 + i / 1000), {"container": "web-1"})
+                for i in range(20_000)
+            ]
+            with pytest.raises(StorageUnavailableError) as raised:
+                await storage.store_metrics(batch)
+            assert "storage unavailable" in str(raised.value)
+            assert "No space left" in str(raised.value)
+            # Queries keep working while the disk is full.
+            engine = QueryEngine(storage, clock=clock)
+            latest = await engine.query_latest("mem_bytes")
+            assert len(latest) == 1
+
+            (mount_point / "ballast").unlink()
+            later = [
+                MetricValue("mem_bytes", 7.0, at(T0 + 200 + i), {"container": "web-2"})
+                for i in range(10)
+            ]
+            resumed = await storage.store_metrics(later)
+            assert resumed.accepted == 10
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("writing the log failed" in e for e in errors)
+
+        async with open_pipeline(config(data_dir, clock, **settings)) as storage:
+            engine = QueryEngine(storage, clock=clock)
+            web1 = await engine.query_metrics(
+                "mem_bytes", start_time=at(T0), end_time=at(T0 + 99), labels={"container": "web-1"}
+            )
+            web2 = await engine.query_metrics(
+                "mem_bytes", start_time=at(T0), labels={"container": "web-2"}
+            )
+        assert [m.value for m in web1] == [float(i) for i in range(1, 101)]
+        assert [m.value for m in web2] == [7.0] * 10

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Literal
 
 import numpy as np
@@ -101,7 +100,7 @@ class ShardActor:
             async with self._sync_lock:
                 wal.flush()
                 if self._fsync == "batch":
-                    await trio.to_thread.run_sync(os.fsync, wal.fileno)
+                    await trio.to_thread.run_sync(wal.fsync)
         except OSError as error:
             logger.error("shard %d: writing the log failed: %s", self.shard_id, error)
             return f"storage unavailable: writing the log failed: {error}"
@@ -116,8 +115,7 @@ class ShardActor:
                     wal = self._files.wal
                     if wal.dirty:
                         wal.flush()
-                        wal.dirty = False
-                        await trio.to_thread.run_sync(os.fsync, wal.fileno)
+                        await trio.to_thread.run_sync(wal.fsync)
             except OSError as error:
                 logger.error("shard %d: periodic fsync failed: %s", self.shard_id, error)
 

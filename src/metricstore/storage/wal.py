@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 logger = logging.getLogger("metricstore.storage.wal")
 
@@ -126,7 +127,12 @@ class WALWriter:
     """Appends records to the segments of one directory.
 
     Opening it never rewrites existing segments: it starts a new one after
-    the newest, so a reader of the old ones is never disturbed.
+    the newest, so a reader of the old ones is never disturbed. When a write
+    or an fsync fails (disk full, I/O error), the segment is cut back to
+    its last synced record, so it never holds a partial record followed by
+    later ones; the records since that sync are lost and the error is
+    raised. The next append tries again, so writing resumes once the disk
+    has room.
     """
 
     def __init__(self, directory: Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
@@ -135,13 +141,26 @@ class WALWriter:
         directory.mkdir(parents=True, exist_ok=True)
         segments = list_segments(directory)
         self.sequence = segments[-1][0] + 1 if segments else 1
-        self._file = open(segment_path(directory, self.sequence), "ab")
+        self._file: BinaryIO | None = None
         self._size = 0
+        self._synced_size = 0
         self.dirty = False
+        self._open()
+
+    def _open(self) -> None:
+        path = segment_path(self.directory, self.sequence)
+        self._file = open(path, "ab")
+        self._size = self._synced_size = self._file.tell()
 
     @property
     def fileno(self) -> int:
-        return self._file.fileno()
+        return self._writable().fileno()
+
+    def _writable(self) -> BinaryIO:
+        if self._file is None:
+            self._open()
+        assert self._file is not None
+        return self._file
 
     def append(self, payload: bytes) -> None:
         """Buffer one record; it reaches the file on ``flush`` or rotation."""
@@ -149,27 +168,63 @@ class WALWriter:
             raise ValueError(f"WAL record of {len(payload)} bytes exceeds {MAX_RECORD_BYTES}")
         if self._size and self._size + HEADER_BYTES + len(payload) > self.segment_bytes:
             self.rotate()
-        self._file.write(_HEADER.pack(len(payload), zlib.crc32(payload)))
-        self._file.write(payload)
+        file = self._writable()
+        try:
+            file.write(_HEADER.pack(len(payload), zlib.crc32(payload)))
+            file.write(payload)
+        except OSError:
+            self._cut_back()
+            raise
         self._size += HEADER_BYTES + len(payload)
         self.dirty = True
 
     def flush(self) -> None:
-        self._file.flush()
+        try:
+            self._writable().flush()
+        except OSError:
+            self._cut_back()
+            raise
+
+    def fsync(self) -> None:
+        """Make flushed records durable; safe to call from a worker thread."""
+        size = self._size
+        try:
+            os.fsync(self.fileno)
+        except OSError:
+            self._cut_back()
+            raise
+        self._synced_size = size
+        self.dirty = False
 
     def sync(self) -> None:
         """Flush and fsync the current segment."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self.flush()
+        self.fsync()
+
+    def _cut_back(self) -> None:
+        path = segment_path(self.directory, self.sequence)
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass  # the buffered bytes are being discarded anyway
+        try:
+            truncate_segment(path, self._synced_size)
+        except OSError as error:
+            # The next append reopens the segment and tries again.
+            logger.error("could not cut %s back after a failed write: %s", path, error)
+        self._size = self._synced_size
         self.dirty = False
 
     def rotate(self) -> int:
         """Close the current segment durably and start the next; return its sequence."""
         self.sync()
-        self._file.close()
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
         self.sequence += 1
-        self._file = open(segment_path(self.directory, self.sequence), "ab")
-        self._size = 0
+        self._open()
         sync_directory(self.directory)
         return self.sequence
 
@@ -185,7 +240,7 @@ class WALWriter:
         return removed
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self.sync()
             self._file.close()
 
@@ -202,6 +257,8 @@ def sync_directory(directory: Path) -> None:
 
 def truncate_segment(path: Path, valid_bytes: int) -> int:
     """Cut a segment back to its intact prefix; return the bytes dropped."""
+    if not path.exists():
+        return 0
     size = path.stat().st_size
     if size > valid_bytes:
         with open(path, "r+b") as file:
