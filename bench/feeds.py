@@ -81,7 +81,6 @@ from _harness import (
     median,
     memory_kib,
     percentile,
-    stream_frames,
 )
 
 DAY_MS = 86_400_000
@@ -684,52 +683,115 @@ def summarize_latency(report: dict[str, Any]) -> str:
 # -- part 2: throughput -------------------------------------------------------------
 
 
+@dataclass
+class IngestProgress:
+    """What the throughput writer sent and had acknowledged so far."""
+
+    frames: int = 0
+    sent: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    errors: int = 0
+    exhausted: bool = False
+    first_problem: str = ""
+    # (perf_counter at the ack, ms from send to ack) per frame.
+    acks: list[tuple[float, float]] = field(default_factory=list)
+
+    def note(self, problem: str) -> None:
+        if not self.first_problem:
+            self.first_problem = problem[:500]
+
+
+async def _stream(
+    ws: WebSocketConnection, source: FrameSource, window: int, frames: int, progress: IngestProgress
+) -> None:
+    """Send frames with at most ``window`` awaiting an ack, until cancelled or ``frames`` sent."""
+    slots = trio.Semaphore(window)
+    pending: dict[int, float] = {}
+
+    async def receive() -> None:
+        while True:
+            ack = decode_ack(await ws.get_message())
+            now = time.perf_counter()
+            seq = ack.get("ack", ack.get("seq"))
+            sent_at = pending.pop(seq, None) if isinstance(seq, int) else None
+            if sent_at is None:
+                raise RuntimeError(f"reply for an unknown frame: {ack!r:.300}")
+            progress.acks.append((now, (now - sent_at) * 1000))
+            if "error" in ack:
+                progress.errors += 1
+                progress.note(f"frame {seq}: {ack['error']}")
+            else:
+                progress.accepted += int(ack["accepted"])
+                rejected = int(ack.get("rejected_total", len(ack["rejected"])))
+                progress.rejected += rejected
+                if rejected:
+                    progress.note(f"frame {seq}: {ack['rejected'][0]}")
+            slots.release()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        for _ in range(frames):
+            seq, payload, count = next(source)
+            await slots.acquire()
+            pending[seq] = time.perf_counter()
+            await ws.send_message(payload)
+            progress.frames += 1
+            progress.sent += count
+        progress.exhausted = True
+        await trio.sleep_forever()
+
+
 async def throughput_writer(
     args: argparse.Namespace, server: ServerProcess, workers: Subscribers
 ) -> dict[str, Any]:
+    """Stream frames without pause; each window's rate is the samples acked in it.
+
+    Unlike draining every run to its last ack, fixed windows over one
+    continuous stream stay bounded in time however slow the server gets.
+    """
     encoder = FrameEncoder("columnar", container_series(args.series))
     frames_total = (args.runs + 1) * args.max_frames
     lookback_ms = (frames_total + 1) * STEP_MS
     if lookback_ms > RETENTION_MS - DAY_MS:
         raise SystemExit("--runs x --max-frames reach past the retention; lower them")
     source = FrameSource(encoder, aligned_now_ms() - lookback_ms)
+    progress = IngestProgress()
     runs: list[dict[str, Any]] = []
-    limit_s = (args.runs + 1) * (args.duration * 6 + 30)
-    with trio.fail_after(limit_s):
-        async with ingest_connection(server.base_url) as ws:
+    windows = [args.warmup] if args.warmup > 0 else []
+    windows += [args.duration] * args.runs
+    async with ingest_connection(server.base_url) as ws:
+        with trio.fail_after(60):
             await define_series(ws, encoder, 0)
-            for number in range(args.runs + 1):
-                warmup = number == 0
-                if warmup and args.warmup == 0:
-                    continue
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stream, ws, source, args.window, frames_total, progress)
+            for number, seconds in enumerate(windows):
+                warmup = number == 0 and args.warmup > 0
                 before = merge_reports(await trio.to_thread.run_sync(workers.stats))
                 server_cpu = cpu_seconds(server.pid)
                 machine_cpu = machine_busy_seconds()
                 client_cpu = time.process_time()
-                result = await stream_frames(
-                    ws,
-                    source,
-                    window=args.window,
-                    duration_s=args.warmup if warmup else args.duration,
-                    max_frames=args.max_frames,
-                )
+                started = time.perf_counter()
+                first = (progress.frames, progress.sent, progress.accepted, len(progress.acks))
+                await trio.sleep(seconds)
+                elapsed = time.perf_counter() - started
+                last = (progress.frames, progress.sent, progress.accepted, len(progress.acks))
                 client_after = time.process_time()
                 server_after = cpu_seconds(server.pid)
                 machine_after = machine_busy_seconds()
                 after = merge_reports(await trio.to_thread.run_sync(workers.stats))
-                elapsed = max(result.elapsed_s, 1e-9)
+                ack_ms = [latency for _, latency in progress.acks[first[3] : last[3]]]
+                accepted = last[2] - first[2]
                 run: dict[str, Any] = {
                     "warmup": warmup,
-                    "frames": result.frames,
-                    "sent": result.sent,
-                    "accepted": result.accepted,
-                    "rejected": result.rejected,
-                    "errors": result.errors,
-                    "first_problem": result.first_problem,
-                    "elapsed_s": result.elapsed_s,
-                    "samples_per_s": result.rate,
-                    "ack_p50_ms": median(result.ack_latency_ms),
-                    "ack_p99_ms": percentile(result.ack_latency_ms, 99),
+                    "frames_sent": last[0] - first[0],
+                    "sent": last[1] - first[1],
+                    "frames_acked": len(ack_ms),
+                    "accepted": accepted,
+                    "elapsed_s": elapsed,
+                    "samples_per_s": accepted / elapsed,
+                    "ack_p50_ms": median(ack_ms),
+                    "ack_p99_ms": percentile(ack_ms, 99),
                     "writer_cpu_share": (client_after - client_cpu) / elapsed,
                     "delivered": after["samples"] - before["samples"],
                     "dropped": after["dropped"] - before["dropped"],
@@ -743,9 +805,17 @@ async def throughput_writer(
                     run["machine_cpu_share"] = (machine_after - machine_cpu) / elapsed
                 add_other_cpu(run)
                 runs.append(run)
-                if not result.clean:
-                    break
-    return {"runs": runs}
+            nursery.cancel_scope.cancel()
+    return {
+        "runs": runs,
+        "frames": progress.frames,
+        "sent": progress.sent,
+        "accepted": progress.accepted,
+        "rejected": progress.rejected,
+        "errors": progress.errors,
+        "exhausted": progress.exhausted,
+        "first_problem": progress.first_problem,
+    }
 
 
 def run_throughput(args: argparse.Namespace, subscribers: int) -> dict[str, Any]:
@@ -774,8 +844,17 @@ def run_throughput(args: argparse.Namespace, subscribers: int) -> dict[str, Any]
         "subscribed": ready["subscribed"],
         "connect_failures": ready["connect_failures"],
         "runs": written["runs"],
-        "clean": len(timed) == args.runs
-        and all(run["accepted"] == run["sent"] and not run["first_problem"] for run in timed),
+        "clean": not written["rejected"]
+        and not written["errors"]
+        and not written["exhausted"]
+        and not written["first_problem"],
+        "frames": written["frames"],
+        "sent": written["sent"],
+        "accepted": written["accepted"],
+        "rejected": written["rejected"],
+        "errors": written["errors"],
+        "exhausted": written["exhausted"],
+        "first_problem": written["first_problem"],
         "median_samples_per_s": median([run["samples_per_s"] for run in timed]),
         "min_samples_per_s": min((run["samples_per_s"] for run in timed), default=0.0),
         "max_samples_per_s": max((run["samples_per_s"] for run in timed), default=0.0),
@@ -804,8 +883,8 @@ def summarize_throughput(report: dict[str, Any]) -> str:
         if run["warmup"]:
             continue
         lines.append(
-            f"  run: {run['samples_per_s']:>10,.0f} samples/s, {run['frames']} frames in "
-            f"{run['elapsed_s']:.2f}s, ack p50 {run['ack_p50_ms']:.1f} ms p99 "
+            f"  run: {run['samples_per_s']:>10,.0f} samples/s, {run['frames_acked']} frames acked "
+            f"in {run['elapsed_s']:.2f}s, ack p50 {run['ack_p50_ms']:.1f} ms p99 "
             f"{run['ack_p99_ms']:.1f} ms; delivered {run['delivered']:,}, dropped "
             f"{run['dropped']:,}, open {run['open_subscribers']}; CPU server "
             f"{run.get('server_cpu_share', float('nan')):.0%}, writer "
@@ -815,6 +894,10 @@ def summarize_throughput(report: dict[str, Any]) -> str:
         )
     if report["close_reasons"]:
         lines.append(f"  close reasons: {report['close_reasons']}")
+    if report["exhausted"]:
+        lines.append("  the writer ran out of frames (--max-frames) before the last window ended")
+    if report["first_problem"]:
+        lines.append(f"  ingest problem: {report['first_problem']}")
     for problem in report["problems"][:3]:
         lines.append(f"  problem: {problem}")
     return "\n".join(lines)
