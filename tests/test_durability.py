@@ -17,9 +17,11 @@ import httpx
 import pytest
 from trio_websocket import open_websocket_url
 
+from conftest import start_server
 from metricstore import FileTimeSeriesStorage, MetricValue, QueryEngine, RetentionPolicy
 from metricstore.errors import DataDirectoryError, StorageUnavailableError
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
+from metricstore.server import ServerConfig
 from metricstore.storage.wal import list_segments
 from test_cli import free_port, wait_ready
 
@@ -403,3 +405,29 @@ async def test_disk_full_then_resume(caplog: pytest.LogCaptureFixture) -> None:
             )
         assert [m.value for m in web1] == [float(i) for i in range(1, 101)]
         assert [m.value for m in web2] == [7.0] * 10
+
+
+async def test_admin_flush_writes_blocks(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server_config = ServerConfig(
+        policy=RetentionPolicy("t", timedelta(days=1)),
+        port=0,
+        self_scrape=False,
+        data_dir=tmp_path,
+        enable_admin_api=True,
+    )
+    running = await start_server(nursery, server_config)
+    now = int(time.time())
+    async with httpx.AsyncClient(base_url=running.base_url) as client:
+        rows = [{"name": "flushed", "value": i, "timestamp": now - 60 + i} for i in range(10)]
+        assert (await client.post("/metrics/", json={"metrics": rows})).status_code == 200
+        assert raw_blocks(tmp_path) == []
+        response = await client.post("/admin/flush")
+        assert response.status_code == 200
+        assert response.json()["flushed"] is True
+        assert len(raw_blocks(tmp_path)) == 1
+    running.shutdown.set()
+
+
+async def test_admin_api_off_by_default(client: httpx.AsyncClient) -> None:
+    response = await client.post("/admin/flush")
+    assert response.status_code == 404

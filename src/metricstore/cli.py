@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         "fsync every --fsync-interval, acks may come first; off: never (default %(default)s)",
     )
     serve.add_argument(
+        "--enable-admin-api",
+        action="store_true",
+        help="serve POST /admin/flush, which writes every head to block files now",
+    )
+    serve.add_argument(
         "--fsync-interval",
         default="1s",
         help="time between fsyncs with --fsync interval (default %(default)s)",
@@ -201,6 +206,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         retention_interval_s=parse_duration(args.retention_interval, "--retention-interval") / 1000,
         data_dir=None if args.in_memory else Path(args.data_dir),
         fsync=args.fsync,
+        enable_admin_api=args.enable_admin_api,
         fsync_interval_s=parse_duration(args.fsync_interval, "--fsync-interval") / 1000,
         feed_limits=FeedLimits(
             buffer_samples=args.feed_buffer,

@@ -45,6 +45,8 @@ class ServerConfig:
     data_dir: Path | None = None
     fsync: FsyncMode = "batch"
     fsync_interval_s: float = 1.0
+    # Serve POST /admin/flush.
+    enable_admin_api: bool = False
 
 
 async def run_server(
@@ -74,7 +76,11 @@ async def run_server(
     telemetry = Telemetry()
     async with open_pipeline(pipeline) as storage:
         app = create_app(
-            storage, telemetry=telemetry, ready=ready, feed_limits=config.feed_limits
+            storage,
+            telemetry=telemetry,
+            ready=ready,
+            feed_limits=config.feed_limits,
+            enable_admin_api=config.enable_admin_api,
         )
         hypercorn = HypercornConfig()
         hypercorn.bind = [f"{_bracket(config.host)}:{config.port}"]

@@ -31,11 +31,13 @@ def create_app(
     ready: trio.Event | None = None,
     max_response_points: int = DEFAULT_MAX_RESPONSE_POINTS,
     feed_limits: FeedLimits | None = None,
+    enable_admin_api: bool = False,
 ) -> QuartTrio:
     """Build the app over ``storage``.
 
     ``/readyz`` answers 503 until ``ready`` is set (when given), so a load
-    balancer waits for start-up to finish. Live feeds are served when the
+    balancer waits for start-up to finish. ``enable_admin_api`` adds
+    ``POST /admin/flush``. Live feeds are served when the
     storage supports subscriptions, as the server's actor pipeline does.
     """
     app = QuartTrio("metricstore")
@@ -67,6 +69,16 @@ def create_app(
         if started is not None:
             telemetry.http_duration.labels(route).observe(time.perf_counter() - started)
         return response
+
+    if enable_admin_api and hasattr(storage, "cut_heads"):
+
+        @app.post("/admin/flush")
+        async def flush() -> Response:
+            # Cuts every head into blocks; with a data directory the answer
+            # comes once the block files and manifests are durable.
+            await storage.cut_heads()
+            stats = await storage.get_storage_stats()
+            return json_response({"flushed": True, "blocks": stats.get("blocks", 0)})
 
     @app.get("/healthz")
     async def healthz() -> Response:
