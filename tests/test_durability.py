@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 from trio_websocket import open_websocket_url
 
 from conftest import start_server
