@@ -45,6 +45,7 @@ import multiprocessing
 import os
 import resource
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -481,6 +482,22 @@ def ensure_open_files(needed: int) -> str:
     return note
 
 
+@contextlib.contextmanager
+def started_server(args: argparse.Namespace) -> Iterator[ServerProcess]:
+    """A fresh server: in memory, or with its data in a new temporary directory.
+
+    Never the default ``./data``: a server started there would read the
+    samples of earlier runs, and reject new ones as out of order.
+    """
+    with contextlib.ExitStack() as stack:
+        if args.in_memory:
+            storage = ["--in-memory"]
+        else:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="feeds-bench-"))
+            storage = ["--data-dir", data_dir]
+        yield stack.enter_context(ServerProcess(storage, shards=args.shards))
+
+
 # -- part 1: latency ----------------------------------------------------------------
 
 
@@ -568,7 +585,7 @@ def run_latency(args: argparse.Namespace, subscribers: int, round_: int) -> dict
     profile = None
     if args.profile_dir and round_ == 0:
         profile = os.path.join(args.profile_dir, f"latency_{subscribers}.txt")
-    with ServerProcess(shards=args.shards) as server:
+    with started_server(args) as server:
         with Subscribers(
             server.base_url,
             subscribers,
@@ -694,6 +711,13 @@ class IngestProgress:
     errors: int = 0
     exhausted: bool = False
     first_problem: str = ""
+    started: float = 0.0
+    last_ack: float = 0.0
+    # Set by the caller to stop sending; ``drained`` is set once every sent
+    # frame is acknowledged after that.
+    stop: trio.Event = field(default_factory=trio.Event)
+    drained: trio.Event = field(default_factory=trio.Event)
+    pending: dict[int, float] = field(default_factory=dict)
     # (perf_counter at the ack, ms from send to ack) per frame.
     acks: list[tuple[float, float]] = field(default_factory=list)
 
@@ -705,9 +729,13 @@ class IngestProgress:
 async def _stream(
     ws: WebSocketConnection, source: FrameSource, window: int, frames: int, progress: IngestProgress
 ) -> None:
-    """Send frames with at most ``window`` awaiting an ack, until cancelled or ``frames`` sent."""
+    """Send frames with at most ``window`` awaiting an ack until ``progress.stop``.
+
+    Stops early after ``frames`` frames; sets ``progress.drained`` once
+    sending stopped and every frame sent is acknowledged.
+    """
     slots = trio.Semaphore(window)
-    pending: dict[int, float] = {}
+    pending = progress.pending
 
     async def receive() -> None:
         while True:
@@ -718,6 +746,7 @@ async def _stream(
             if sent_at is None:
                 raise RuntimeError(f"reply for an unknown frame: {ack!r:.300}")
             progress.acks.append((now, (now - sent_at) * 1000))
+            progress.last_ack = now
             if "error" in ack:
                 progress.errors += 1
                 progress.note(f"frame {seq}: {ack['error']}")
@@ -728,17 +757,33 @@ async def _stream(
                 if rejected:
                     progress.note(f"frame {seq}: {ack['rejected'][0]}")
             slots.release()
+            if progress.stop.is_set() and not pending:
+                progress.drained.set()
+
+    async def stop_waiting(scope: trio.CancelScope) -> None:
+        await progress.stop.wait()
+        scope.cancel()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(receive)
-        for _ in range(frames):
-            seq, payload, count = next(source)
-            await slots.acquire()
-            pending[seq] = time.perf_counter()
-            await ws.send_message(payload)
-            progress.frames += 1
-            progress.sent += count
-        progress.exhausted = True
+        progress.started = time.perf_counter()
+        # Cancelled only while waiting for a free slot, never inside a send.
+        with trio.CancelScope() as waiting:
+            nursery.start_soon(stop_waiting, waiting)
+            for _ in range(frames):
+                await slots.acquire()
+                if progress.stop.is_set():
+                    break
+                seq, payload, count = next(source)
+                pending[seq] = time.perf_counter()
+                await ws.send_message(payload)
+                progress.frames += 1
+                progress.sent += count
+            else:
+                progress.exhausted = True
+        await progress.stop.wait()
+        if not pending:
+            progress.drained.set()
         await trio.sleep_forever()
 
 
@@ -805,9 +850,18 @@ async def throughput_writer(
                     run["machine_cpu_share"] = (machine_after - machine_cpu) / elapsed
                 add_other_cpu(run)
                 runs.append(run)
+            # Then the frames still in flight, for a rate over the whole stream
+            # that is not zero even when no ack came within a window.
+            progress.stop.set()
+            with trio.move_on_after(args.drain_cap):
+                await progress.drained.wait()
             nursery.cancel_scope.cancel()
+    stream_s = max(progress.last_ack - progress.started, 1e-9)
     return {
         "runs": runs,
+        "overall_samples_per_s": progress.accepted / stream_s if progress.last_ack else 0.0,
+        "stream_s": stream_s if progress.last_ack else 0.0,
+        "unacked_frames": len(progress.pending),
         "frames": progress.frames,
         "sent": progress.sent,
         "accepted": progress.accepted,
@@ -822,7 +876,7 @@ def run_throughput(args: argparse.Namespace, subscribers: int) -> dict[str, Any]
     profile = None
     if args.profile_dir:
         profile = os.path.join(args.profile_dir, f"throughput_{subscribers}.txt")
-    with ServerProcess(shards=args.shards) as server:
+    with started_server(args) as server:
         with Subscribers(
             server.base_url,
             subscribers,
@@ -848,6 +902,9 @@ def run_throughput(args: argparse.Namespace, subscribers: int) -> dict[str, Any]
         and not written["errors"]
         and not written["exhausted"]
         and not written["first_problem"],
+        "overall_samples_per_s": written["overall_samples_per_s"],
+        "stream_s": written["stream_s"],
+        "unacked_frames": written["unacked_frames"],
         "frames": written["frames"],
         "sent": written["sent"],
         "accepted": written["accepted"],
@@ -875,7 +932,10 @@ def summarize_throughput(report: dict[str, Any]) -> str:
         f"throughput, {report['subscribers']:>5} subscribers: median "
         f"{report['median_samples_per_s']:,.0f} samples/s acked (min "
         f"{report['min_samples_per_s']:,.0f}, max {report['max_samples_per_s']:,.0f}); "
-        f"{'clean' if report['clean'] else 'NOT CLEAN'}; subscribed {report['subscribed']} "
+        f"{'clean' if report['clean'] else 'NOT CLEAN'}; whole stream "
+        f"{report['overall_samples_per_s']:,.0f} samples/s ({report['accepted']:,} acked in "
+        f"{report['stream_s']:.1f}s, {report['unacked_frames']} frames never acked); "
+        f"subscribed {report['subscribed']} "
         f"(failed {report['connect_failures']}), delivered {report['delivered']:,}, "
         f"dropped {report['dropped']:,}, disconnects {report['disconnects']}"
     ]
@@ -925,6 +985,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--metric", default=METRIC_NAMES[0], help="the metric every subscriber subscribes to"
     )
     parser.add_argument("--connect-concurrency", type=int, default=32, help="per worker")
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="start servers with --in-memory (default: durable, in a temporary --data-dir)",
+    )
     latency = parser.add_argument_group("latency")
     latency.add_argument("--subscribers", type=parse_counts, default=[1, 100, 1000])
     latency.add_argument("--rounds", type=int, default=3, help="rounds per subscriber count")

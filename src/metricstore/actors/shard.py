@@ -175,13 +175,14 @@ class ShardActor:
             if retention.emptied:
                 emptied = np.array(retention.emptied, dtype=np.int64)
                 await tell(self._index, {"type": "deactivate", "ids": int_column(emptied)})
-            if self._files is not None:
+            if self._files is not None and retention.frees_disk:
                 try:
-                    await trio.to_thread.run_sync(self._files.persist, store)
+                    async with self._sync_lock:
+                        await trio.to_thread.run_sync(self._files.checkpoint, store)
                 except OSError as error:
-                    # The blocks stay in memory and are written at the next
-                    # checkpoint; recovery would redo this pass anyway.
-                    logger.error("shard %d: writing blocks failed: %s", self.shard_id, error)
+                    # Recovery redoes this pass, so nothing is lost: the
+                    # disk is freed at the next checkpoint that succeeds.
+                    logger.error("shard %d: checkpoint failed: %s", self.shard_id, error)
             return {
                 "expired": retention.expired_samples,
                 "capped": retention.capped_samples,

@@ -13,7 +13,9 @@ Directory layout::
 Every stored batch is logged before it is acknowledged. A checkpoint
 rotates the log, cuts the head into a block, writes the blocks that have no
 file yet, writes the manifest, and then deletes the log segments that the
-blocks now cover.
+blocks now cover. Checkpoints happen when the head is full, when retention
+dropped whole blocks or rolled samples up (to free the disk), and on
+request.
 
 A block file may hold more samples than its block in memory: retention,
 downsampling and the per-series cap trim blocks in memory without
@@ -183,16 +185,19 @@ class ShardFiles:
         self.wal.append(encode_record(series, timestamps, values))
 
     def checkpoint(self, store: ShardStore) -> None:
-        """Cut the head into a block, write it, and drop the log it covers."""
+        """Cut the head into a block, write every block without a file, drop covered log.
+
+        Blocks are only ever written here, right after the log is rotated
+        and the head is emptied, so the blocks listed in a manifest and the
+        log segments it points to never hold the same sample.
+        """
         sequence = self.wal.rotate()
         store.cut_head()
-        self.persist(store, checkpoint=sequence)
+        self._checkpoint = sequence
+        self._persist(store)
         self.wal.remove_before(sequence)
 
-    def persist(self, store: ShardStore, checkpoint: int | None = None) -> None:
-        """Write blocks that have no file yet, then the manifest, then prune files."""
-        if checkpoint is not None:
-            self._checkpoint = checkpoint
+    def _persist(self, store: ShardStore) -> None:
         for block in store.blocks:
             if block.name is None:
                 block.name = self._write_block(encode_raw(block), "raw")

@@ -13,7 +13,7 @@ from metricstore.storage.durable import ShardFiles
 from metricstore.storage.layout import check_layout
 from metricstore.storage.memory import DEFAULT_RETENTION_CHECK_INTERVAL, InMemoryTimeSeriesStorage
 from metricstore.storage.series_log import SeriesLog
-from metricstore.storage.shard import AppendResult
+from metricstore.storage.shard import DEFAULT_HEAD_CAPACITY, AppendResult, RetentionResult
 
 
 class FileTimeSeriesStorage(InMemoryTimeSeriesStorage):
@@ -36,9 +36,14 @@ class FileTimeSeriesStorage(InMemoryTimeSeriesStorage):
         *,
         clock: Callable[[], float] = time.time,
         retention_check_interval: timedelta = DEFAULT_RETENTION_CHECK_INTERVAL,
+        head_capacity: int = DEFAULT_HEAD_CAPACITY,
     ) -> None:
         super().__init__(
-            policy, limits, clock=clock, retention_check_interval=retention_check_interval
+            policy,
+            limits,
+            clock=clock,
+            retention_check_interval=retention_check_interval,
+            head_capacity=head_capacity,
         )
         self.path = Path(path)
         check_layout(self.path, 1)
@@ -63,9 +68,11 @@ class FileTimeSeriesStorage(InMemoryTimeSeriesStorage):
             self._files.log(*appended.stored)
             self._files.wal.sync()
 
-    def _retain(self, now_ms: int) -> None:
-        super()._retain(now_ms)
-        self._files.persist(self._shard)
+    def _retain(self, now_ms: int) -> RetentionResult:
+        result = super()._retain(now_ms)
+        if result.frees_disk:
+            self._files.checkpoint(self._shard)
+        return result
 
     def flush(self) -> None:
         """Cut the head into a block file now and drop the log it covers."""

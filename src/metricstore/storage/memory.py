@@ -23,7 +23,13 @@ from metricstore.storage.base import (
 from metricstore.storage.index import SeriesIds, SeriesIndex
 from metricstore.storage.matchers import Matcher
 from metricstore.storage.results import Aggregation, SeriesResult, assemble_results
-from metricstore.storage.shard import MAX_TIME, AppendResult, ShardStore
+from metricstore.storage.shard import (
+    DEFAULT_HEAD_CAPACITY,
+    MAX_TIME,
+    AppendResult,
+    RetentionResult,
+    ShardStore,
+)
 from metricstore.times import timedelta_to_ms
 
 DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(seconds=10)
@@ -45,13 +51,14 @@ class InMemoryTimeSeriesStorage(TimeSeriesStorage):
         *,
         clock: Callable[[], float] = time.time,
         retention_check_interval: timedelta = DEFAULT_RETENTION_CHECK_INTERVAL,
+        head_capacity: int = DEFAULT_HEAD_CAPACITY,
     ) -> None:
         self.policy = policy
         self._limits = limits
         self._clock = clock
         self._check_interval_ms = timedelta_to_ms(retention_check_interval)
         self._index = SeriesIndex(limits)
-        self._shard = ShardStore(policy, limits)
+        self._shard = ShardStore(policy, limits, head_capacity=head_capacity)
         self._last_retention_ms: int | None = None
 
     @property
@@ -65,10 +72,11 @@ class InMemoryTimeSeriesStorage(TimeSeriesStorage):
             self._retain(now_ms)
         return now_ms
 
-    def _retain(self, now_ms: int) -> None:
+    def _retain(self, now_ms: int) -> RetentionResult:
         self._last_retention_ms = now_ms
         result = self._shard.apply_retention(now_ms)
         self._index.deactivate(result.emptied)
+        return result
 
     async def ingest_batch(self, batch: SampleBatch) -> IngestResult:
         ids, _, errors = await self.resolve_series(batch.series)

@@ -60,6 +60,13 @@ class RetentionResult:
     # Series left with no samples at all; the owner of the series index
     # deactivates them.
     emptied: list[int] = field(default_factory=list)
+    # Whole blocks dropped; with the downsampled count, this tells a durable
+    # owner whether a checkpoint would free disk space.
+    blocks_dropped: int = 0
+
+    @property
+    def frees_disk(self) -> bool:
+        return self.blocks_dropped > 0 or self.downsampled_samples > 0
 
 
 class ShardStore:
@@ -412,6 +419,7 @@ class ShardStore:
         to one interval of older rolled-up data may remain.
         """
         result = RetentionResult()
+        block_count = len(self._blocks) + len(self._rollups)
         cutoff = now_ms - self.policy.retention_ms
         result.expired_samples = self._filter_raw(lambda _ids, times: times >= cutoff)
         interval = self.policy.downsampling_interval_ms
@@ -428,6 +436,7 @@ class ShardStore:
         if self.policy.max_points_per_series is not None:
             result.capped_samples = self._cap_points(self.policy.max_points_per_series)
         result.emptied = self._find_emptied()
+        result.blocks_dropped = max(0, block_count - len(self._blocks) - len(self._rollups))
         return result
 
     def _filter_raw(self, keep: _KeepFunction) -> int:
