@@ -27,9 +27,7 @@ def default_policy() -> RetentionPolicy:
     return RetentionPolicy(name="test", retention_period=timedelta(days=7))
 
 
-async def start_server(
-    nursery: trio.Nursery, config: ServerConfig | None = None
-) -> RunningServer:
+async def start_server(nursery: trio.Nursery, config: ServerConfig | None = None) -> RunningServer:
     """Start metricstore on an ephemeral loopback port inside ``nursery``."""
     config = config or ServerConfig(policy=default_policy(), port=0, self_scrape=False)
     shutdown = trio.Event()

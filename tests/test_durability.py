@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from trio_websocket import open_websocket_url
 
 from conftest import start_server
+from helpers import T0, Clock, at
 from metricstore import (
     FileTimeSeriesStorage,
     InMemoryTimeSeriesStorage,
@@ -33,20 +34,6 @@ from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
 from metricstore.server import ServerConfig
 from metricstore.storage.wal import list_segments
 from test_cli import free_port, wait_ready
-
-T0 = 1_700_000_000
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def at(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def config(data_dir: Path, clock: Clock, **overrides: object) -> PipelineConfig:

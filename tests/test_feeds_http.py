@@ -20,14 +20,11 @@ from trio_websocket import (
 )
 
 from conftest import RunningServer, start_server
+from helpers import at
 from metricstore import MetricValue, RetentionPolicy
 from metricstore.client import ClientError, open_ingest_writer, subscribe
 from metricstore.http.feeds import FeedLimits
 from metricstore.server import ServerConfig
-
-
-def at(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def cpu(value: float, seconds: float, container: str = "web-1") -> MetricValue:
@@ -286,7 +283,6 @@ async def test_slow_subscriber_disconnected(limited_server: RunningServer, now_s
         await slow.send_message(json.dumps({"op": "subscribe", "id": "slow", "metric": "load"}))
         await fast.send_message(msgpack.packb({"op": "subscribe", "id": "fast", "metric": "load"}))
         async with trio.open_nursery() as nursery:
-
             # Set when the fast subscriber has every sample sent so far.
             caught_up = {"target": 0, "event": trio.Event()}
 

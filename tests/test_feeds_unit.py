@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pytest
 import trio
 
+from helpers import T0, Clock, at
 from metricstore import MetricValue, RetentionPolicy
 from metricstore.actors.feed import FeedBuffer, FeedClosed
 from metricstore.errors import ValidationError
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
 from metricstore.storage.index import SeriesIndex
 from metricstore.storage.matchers import Matcher, matches_key
-
-T0 = 1_700_000_000
 
 
 def key(**labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -115,18 +114,6 @@ async def test_buffer_get_waits(autojump_clock: trio.testing.MockClock) -> None:
     with trio.move_on_after(1) as scope:
         await buffer.get()
     assert scope.cancelled_caught
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def at(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 async def test_hub_rollup_steps(autojump_clock: trio.testing.MockClock) -> None:

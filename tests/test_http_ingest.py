@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,40 +15,17 @@ import pytest
 import trio
 
 from conftest import RunningServer, default_policy, start_server
+from helpers import bounded, iso, strict_loads
 from metricstore.models import DEFAULT_LIMITS
 from metricstore.server import ServerConfig
 
-TIMEOUT_S = 10
 SMALL_BODY_BYTES = 1024
 MSGPACK = {"Content-Type": "application/msgpack"}
 JSON = {"Content-Type": "application/json"}
 
 
-def bounded(
-    test: Callable[..., Awaitable[None]],
-) -> Callable[..., Awaitable[None]]:
-    """Fail a test that runs longer than TIMEOUT_S instead of hanging the run."""
-
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        with trio.fail_after(TIMEOUT_S):
-            await test(*args, **kwargs)
-
-    return run
-
-
-def _reject_constant(token: str) -> None:
-    raise ValueError(f"non-standard JSON token {token}")
-
-
 def strict_json(response: httpx.Response) -> Any:
-    """Parse a body as strict JSON: NaN and Infinity tokens fail."""
-    return json.loads(response.text, parse_constant=_reject_constant)
-
-
-def iso(seconds: float) -> str:
-    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return strict_loads(response.text)
 
 
 def row(name: str, value: Any, timestamp: Any, **labels: Any) -> dict[str, Any]:

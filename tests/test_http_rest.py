@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import re
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
-import trio
 
-TIMEOUT_S = 10
+from helpers import bounded, iso, strict_loads
 
 # Test data: every sample is known, so every response can be checked exactly.
 # Offsets are seconds after BASE, a multiple of 1800 s (so of 15, 60 and 90
@@ -26,32 +22,8 @@ B_SAMPLES = [(10, 10.0), (70, 20.0), (130, 30.0)]
 C_SAMPLES = [(20, 5.0)]
 
 
-def bounded(
-    test: Callable[..., Awaitable[None]],
-) -> Callable[..., Awaitable[None]]:
-    """Fail a test that runs longer than TIMEOUT_S instead of hanging the run."""
-
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        with trio.fail_after(TIMEOUT_S):
-            await test(*args, **kwargs)
-
-    return run
-
-
-def _reject_constant(token: str) -> None:
-    raise ValueError(f"non-standard JSON token {token}")
-
-
 def strict_json(response: httpx.Response) -> Any:
-    """Parse a body as strict JSON: NaN and Infinity tokens fail."""
-    return json.loads(response.text, parse_constant=_reject_constant)
-
-
-def iso(seconds: float) -> str:
-    """The server's output form: UTC RFC 3339 with milliseconds."""
-    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return strict_loads(response.text)
 
 
 def point(seconds: float, value: float | str) -> dict[str, Any]:

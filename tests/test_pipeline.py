@@ -6,30 +6,17 @@ import os
 import random
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import trio
 
+from helpers import T0, Clock, at
 from metricstore import InMemoryTimeSeriesStorage, MetricValue, QueryEngine, RetentionPolicy
 from metricstore.actors.messages import Envelope, send_request
 from metricstore.actors.routing import shard_for
 from metricstore.errors import StorageBusyError, StorageClosedError
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
-
-T0 = 1_700_000_000
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def at(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def random_samples(count: int, seed: int) -> list[MetricValue]:

@@ -12,7 +12,7 @@ async def test_specification_example() -> None:
         name="demo_policy",
         retention_period=timedelta(hours=24),
         downsampling_interval=timedelta(minutes=5),
-        max_points_per_series=1000
+        max_points_per_series=1000,
     )
     storage = InMemoryTimeSeriesStorage(policy)
     query_engine = QueryEngine(storage)
@@ -22,7 +22,7 @@ async def test_specification_example() -> None:
             value=42.5,
             timestamp=datetime.now(),
             labels={"container_name": "web", "host": "server1"},
-            unit="percent"
+            unit="percent",
         )
     ]
     await storage.store_metrics(metrics)
@@ -30,7 +30,7 @@ async def test_specification_example() -> None:
         metric_name="container_cpu_usage_percent",
         start_time=datetime.now() - timedelta(hours=1),
         end_time=datetime.now(),
-        labels={"container_name": "web"}
+        labels={"container_name": "web"},
     )
 
     assert len(results) == 1

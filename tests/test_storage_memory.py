@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 import pytest
 
+from helpers import T0, Clock, at
 from metricstore import InMemoryTimeSeriesStorage, MetricValue, QueryEngine, RetentionPolicy
 from metricstore.errors import ValidationError
-
-T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
-
-
-class Clock:
-    """A settable wall clock in Unix seconds."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def at(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def sample(name: str, value: float, seconds: float, **labels: str) -> MetricValue:

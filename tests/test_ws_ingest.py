@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,38 +16,18 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from conftest import RunningServer, default_policy, start_server
+from helpers import bounded, iso, strict_loads
 from metricstore.models import DEFAULT_LIMITS
 from metricstore.server import ServerConfig
 
-TIMEOUT_S = 10
 SMALL_FRAME_BYTES = 1024
 
 
-def bounded(
-    test: Callable[..., Awaitable[None]],
-) -> Callable[..., Awaitable[None]]:
-    """Fail a test that runs longer than TIMEOUT_S instead of hanging the run."""
-
-    @functools.wraps(test)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        with trio.fail_after(TIMEOUT_S):
-            await test(*args, **kwargs)
-
-    return run
-
-
-def _reject_constant(token: str) -> None:
-    raise ValueError(f"non-standard JSON token {token}")
-
-
-def strict_json(text: str) -> Any:
-    """Parse strict JSON: NaN and Infinity tokens fail."""
-    return json.loads(text, parse_constant=_reject_constant)
+strict_json = strict_loads
 
 
 def iso_ms(ms: int) -> str:
-    stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return iso(ms / 1000)
 
 
 def ingest_url(server: RunningServer) -> str:
