@@ -9,6 +9,7 @@ checked to be loopback.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -41,7 +42,7 @@ RETENTION = "30d"
 RETENTION_MS = 30 * 86_400_000
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-# Acks are small; a full list of rejections is at most a few hundred kB.
+# Acks are small, because they list at most 1,000 rejections (a few hundred kB).
 MAX_ACK_BYTES = 16 * 1024 * 1024
 
 Series = tuple[str, dict[str, str]]
@@ -51,7 +52,7 @@ Frame = str | bytes
 
 
 def check_loopback(url: str) -> str:
-    """Return ``url`` unchanged if its host is a loopback address; raise otherwise."""
+    """Return ``url`` unchanged if its host is a loopback address, else raise SystemExit."""
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return url
@@ -95,10 +96,40 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class ServerProcess:
-    """``metricstore serve`` on a free loopback port, stopped by PID on exit."""
+STORAGE_MODES = ("memory", "durable")
 
-    def __init__(self, extra_args: Sequence[str] = (), shards: int = 2) -> None:
+
+@functools.cache
+def serve_options() -> str:
+    """Return the help text of ``metricstore serve``, to see which options it has."""
+    command = [sys.executable, "-m", "metricstore", "serve", "--help"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+
+
+class ServerProcess:
+    """``metricstore serve`` on a free loopback port, stopped by PID on exit.
+
+    ``storage`` adds the storage options: ``"memory"`` passes ``--in-memory``
+    (servers without durable storage need nothing), ``"durable"`` a fresh
+    temporary ``--data-dir`` removed on exit, and None leaves them to
+    ``extra_args`` or the server's defaults.
+    """
+
+    def __init__(
+        self, extra_args: Sequence[str] = (), shards: int = 2, storage: str | None = None
+    ) -> None:
+        self._data_dir: tempfile.TemporaryDirectory[str] | None = None
+        storage_args: list[str] = []
+        if storage == "memory":
+            if "--in-memory" in serve_options():
+                storage_args = ["--in-memory"]
+        elif storage == "durable":
+            if "--data-dir" not in serve_options():
+                raise SystemExit("this metricstore has no durable storage (no serve --data-dir)")
+            self._data_dir = tempfile.TemporaryDirectory(prefix="metricstore-bench-")
+            storage_args = ["--data-dir", self._data_dir.name]
+        elif storage is not None:
+            raise ValueError(f"unknown storage {storage!r}; expected one of {STORAGE_MODES}")
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.command = [
@@ -117,6 +148,7 @@ class ServerProcess:
             str(shards),
             "--log-level",
             "warning",
+            *storage_args,
             *extra_args,
         ]
         self._log = tempfile.TemporaryFile(mode="w+b")
@@ -167,21 +199,23 @@ class ServerProcess:
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL by PID if the server has not stopped in time."""
         process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT_S)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT_S)
+        if self._data_dir is not None:
+            self._data_dir.cleanup()
+            self._data_dir = None
 
 
 # -- process statistics (Linux /proc) -------------------------------------------
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """Return VmRSS and VmHWM (peak RSS) of a process in KiB; empty if unknown."""
+    """Return VmRSS and VmHWM (peak RSS) of a process in KiB, or {} if /proc has no entry."""
     found: dict[str, int] = {}
     with contextlib.suppress(OSError):
         with open(f"/proc/{pid}/status") as status:
@@ -199,7 +233,7 @@ def cpu_seconds(pid: int) -> float | None:
             fields = stat.read().rpartition(")")[2].split()
     except OSError:
         return None
-    # utime and stime are fields 14 and 15 of stat(5); fields[0] is field 3.
+    # utime and stime are fields 14 and 15 of proc(5), and fields[0] is field 3.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -243,7 +277,7 @@ def machine_info() -> dict[str, Any]:
 
 
 class Profiler:
-    """``py-spy record`` of a process while the block runs; a no-op without ``output``."""
+    """Runs ``py-spy record`` on a process while the block runs, if ``output`` is given."""
 
     def __init__(self, pid: int, output: str | None, rate: int = 100) -> None:
         self._command: list[str] | None = None
@@ -398,7 +432,7 @@ class FrameEncoder:
         return values
 
     def frame(self, seq: int, steps: Sequence[int], start_ms: int) -> Frame:
-        """The frame of every series at ``start_ms + step * 15 s`` for each step."""
+        """Build the frame of every series at ``start_ms + step * 15 s`` for each step."""
         if self.mode == "columnar":
             return self._columnar(seq, steps, start_ms)
         if len(steps) != 1:
@@ -449,7 +483,7 @@ def decode_ack(message: Frame) -> dict[str, Any]:
 
 @dataclass
 class StreamResult:
-    """What one pipelined stream of frames achieved, counted from the acks."""
+    """Outcome of one pipelined stream of frames, counted from the acks."""
 
     frames: int = 0
     sent: int = 0

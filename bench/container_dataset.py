@@ -492,7 +492,8 @@ def _add_containers(
     mean_cores = np.minimum(np.exp(rng.normal(np.log(0.05), 1.3, count)), limit_cores * 0.8)
     burst = np.where(rng.random((count, steps)) < 0.03, rng.uniform(2, 8, (count, steps)), 1.0)
     rate = mean_cores[:, None] * np.exp(_ar1(rng, (count, steps), 0.9, 0.3) - 0.24) * burst
-    rate = np.minimum(rate, limit_cores[:, None])
+    # A container at its CPU quota uses a little less than all of it, never exactly the same.
+    rate = np.minimum(rate, limit_cores[:, None] * rng.uniform(0.97, 1.0, (count, steps)))
     usage_inc = np.rint(rate * interval_ns).astype(np.int64)
     usage_ns = _counter(
         (_loguniform(rng, 10, 1e6, count) * 1e9).astype(np.int64),

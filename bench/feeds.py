@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -58,9 +58,15 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    DisconnectionTimeout,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from _harness import (
+    MAX_ACK_BYTES,
     METRIC_NAMES,
     RETENTION_MS,
     STEP_MS,
@@ -76,7 +82,7 @@ from _harness import (
     cpu_seconds,
     decode_ack,
     define_series,
-    ingest_connection,
+    ingest_url,
     machine_busy_seconds,
     machine_info,
     median,
@@ -98,7 +104,9 @@ MAX_FEED_MESSAGE_BYTES = 64 * 1024 * 1024
 SPARE_DESCRIPTORS = 512
 # Seconds workers get to connect and subscribe everything.
 READY_TIMEOUT_S = 120.0
-# Seconds a worker may wait for a command answer from the parent's side.
+# Seconds a closing WebSocket waits for the server's answer.
+DISCONNECT_TIMEOUT_S = 5.0
+# Seconds the parent waits for a worker's answer to a command.
 PIPE_TIMEOUT_S = 60.0
 
 
@@ -112,6 +120,9 @@ class WorkerConfig:
     first: int
     count: int
     metric: str
+    # 0: every subscriber takes the whole metric; N: subscriber i only the
+    # pod of container i % N (one series of the metric).
+    pods: int
     latency: bool
     connect_concurrency: int
     max_seconds: float
@@ -211,12 +222,19 @@ def decode_frame(message: str | bytes) -> dict[str, Any]:
 async def _subscriber(
     config: WorkerConfig,
     number: int,
+    pod: str | None,
     stats: SubscriberStats,
     limiter: trio.CapacityLimiter,
     settled: trio.Event,
 ) -> None:
     url = check_loopback(config.base_url.replace("http://", "ws://", 1) + "/ws/subscribe")
-    subscribe = {"op": "subscribe", "id": f"s{number}", "metric": config.metric, "matchers": []}
+    matchers = [] if pod is None else [{"label": "pod", "op": "=", "value": pod}]
+    subscribe = {
+        "op": "subscribe",
+        "id": f"s{number}",
+        "metric": config.metric,
+        "matchers": matchers,
+    }
     subscribed = False
     done = False
 
@@ -236,7 +254,7 @@ async def _subscriber(
                         max_message_size=MAX_FEED_MESSAGE_BYTES,
                         receive_buffer_size=65536,
                         connect_timeout=30,
-                        disconnect_timeout=3,
+                        disconnect_timeout=DISCONNECT_TIMEOUT_S,
                     )
                 )
                 await ws.send_message(msgpack.packb(subscribe, use_bin_type=True))
@@ -260,7 +278,7 @@ async def _subscriber(
             reason = closed.reason
             label = "no reason" if reason is None else f"{reason.code} {(reason.reason or '')[:60]}"
             stats.close_reasons[label] += 1
-    except (HandshakeError, OSError, RuntimeError, ValueError) as error:
+    except Exception as error:  # one broken connection must not end the others
         if not subscribed:
             stats.connect_failures += 1
         elif not stats.stopping:
@@ -273,11 +291,20 @@ async def _subscriber(
         settle()
 
 
-async def _wait_idle(stats: SubscriberStats, idle_s: float, cap_s: float) -> None:
-    """Return once no frame came for ``idle_s`` seconds, or after ``cap_s``."""
+async def _wait_done(
+    stats: SubscriberStats, idle_s: float, cap_s: float, per_subscriber: int | None
+) -> None:
+    """Wait for the rest of the feed, at most ``cap_s`` seconds.
+
+    With ``per_subscriber``, until every open subscriber got (or was told it
+    lost) that many samples; else until no frame came for ``idle_s``.
+    """
     with trio.move_on_after(cap_s):
         while True:
-            if trio.current_time() - max(stats.last_frame, 0.0) >= idle_s:
+            if per_subscriber is not None:
+                if stats.samples + stats.dropped >= per_subscriber * stats.subscribed:
+                    return
+            elif trio.current_time() - stats.last_frame >= idle_s:
                 return
             await trio.sleep(0.05)
 
@@ -288,10 +315,10 @@ async def _run_worker(config: WorkerConfig, pipe: Connection) -> None:
     limiter = trio.CapacityLimiter(config.connect_concurrency)
     with trio.move_on_after(config.max_seconds):
         async with trio.open_nursery() as nursery:
-            for offset in range(config.count):
-                nursery.start_soon(
-                    _subscriber, config, config.first + offset, stats, limiter, settled
-                )
+            pods = [labels["pod"] for labels in container_labels(config.pods)]
+            for number in range(config.first, config.first + config.count):
+                pod = pods[number % len(pods)] if pods else None
+                nursery.start_soon(_subscriber, config, number, pod, stats, limiter, settled)
             with trio.move_on_after(READY_TIMEOUT_S):
                 await settled.wait()
             pipe.send({"ready": stats.report()})
@@ -302,7 +329,9 @@ async def _run_worker(config: WorkerConfig, pipe: Connection) -> None:
                 if command["op"] == "stats":
                     pipe.send({"stats": stats.report()})
                 elif command["op"] == "stop":
-                    await _wait_idle(stats, command["idle_s"], command["cap_s"])
+                    await _wait_done(
+                        stats, command["idle_s"], command["cap_s"], command["per_subscriber"]
+                    )
                     stats.stopping = True
                     pipe.send({"final": stats.report()})
                     nursery.cancel_scope.cancel()
@@ -333,6 +362,7 @@ class Subscribers:
         workers: int,
         metric: str,
         *,
+        pods: int = 0,
         latency: bool,
         connect_concurrency: int,
         max_seconds: float,
@@ -341,6 +371,7 @@ class Subscribers:
         self._processes: list[BaseProcess] = []
         self._pipes: list[Connection] = []
         self._child_ends: list[Connection] = []
+        self._stopping = False
         context = multiprocessing.get_context("spawn")
         first = 0
         workers = max(1, min(workers, total)) if total else 0
@@ -352,6 +383,7 @@ class Subscribers:
                 first=first,
                 count=count,
                 metric=metric,
+                pods=pods,
                 latency=latency,
                 connect_concurrency=connect_concurrency,
                 max_seconds=max_seconds,
@@ -365,10 +397,6 @@ class Subscribers:
             self._processes.append(process)
             self._pipes.append(parent_end)
             self._child_ends.append(child_end)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._processes if p.pid is not None]
 
     def __enter__(self) -> Subscribers:
         try:
@@ -403,15 +431,20 @@ class Subscribers:
             pipe.send({"op": "stats"})
         return [self._receive(pipe, "stats", PIPE_TIMEOUT_S) for pipe in self._pipes]
 
-    def stop(self, idle_s: float, cap_s: float) -> list[dict[str, Any]]:
-        """Let the workers read until idle for ``idle_s`` (at most ``cap_s``), then stop."""
+    def stop(
+        self, idle_s: float, cap_s: float, per_subscriber: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Let the workers read the rest of the feed (see ``_wait_done``), then stop them."""
+        self._stopping = True
+        command = {"op": "stop", "idle_s": idle_s, "cap_s": cap_s, "per_subscriber": per_subscriber}
         for pipe in self._pipes:
-            pipe.send({"op": "stop", "idle_s": idle_s, "cap_s": cap_s})
+            pipe.send(command)
         return [self._receive(pipe, "final", cap_s + PIPE_TIMEOUT_S) for pipe in self._pipes]
 
     def close(self) -> None:
+        # Stopped workers exit by themselves; others (after an error) at once.
         for process in self._processes:
-            if process.pid is not None:
+            if process.pid is not None and self._stopping:
                 process.join(10)
         for process in self._processes:
             if process.pid is not None and process.is_alive():
@@ -498,6 +531,28 @@ def started_server(args: argparse.Namespace) -> Iterator[ServerProcess]:
         yield stack.enter_context(ServerProcess(storage, shards=args.shards))
 
 
+@contextlib.asynccontextmanager
+async def writer_connection(base_url: str) -> AsyncIterator[WebSocketConnection]:
+    """An ingest connection whose closing gives up after a few seconds.
+
+    A server starved by its feeds may not answer the close handshake for a
+    long time; the samples are acknowledged (or not) by then anyway.
+    """
+    try:
+        async with open_websocket_url(
+            ingest_url(base_url),
+            max_message_size=MAX_ACK_BYTES,
+            message_queue_size=64,
+            disconnect_timeout=DISCONNECT_TIMEOUT_S,
+        ) as ws:
+            yield ws
+    except DisconnectionTimeout:
+        print(
+            f"  (the ingest connection did not close within {DISCONNECT_TIMEOUT_S:g}s)",
+            flush=True,
+        )
+
+
 # -- part 1: latency ----------------------------------------------------------------
 
 
@@ -506,7 +561,7 @@ def latency_series(metric: str, count: int) -> list[tuple[str, dict[str, str]]]:
 
 
 async def latency_writer(
-    base_url: str, metric: str, series: int, interval_s: float, frames: int
+    base_url: str, metric: str, series: int, interval_s: float, frames: int, ack_wait_s: float
 ) -> dict[str, Any]:
     """Send ``frames`` columnar frames, one per ``interval_s``, values = send time."""
     encoder = FrameEncoder("columnar", latency_series(metric, series))
@@ -519,7 +574,7 @@ async def latency_writer(
     done_sending = False
     problems: list[str] = []
 
-    async with ingest_connection(base_url) as ws:
+    async with writer_connection(base_url) as ws:
         await define_series(ws, encoder, 0)
 
         async def read_acks() -> None:
@@ -569,7 +624,7 @@ async def latency_writer(
             done_sending = True
             if not sent_at:
                 all_acked.set()
-            with trio.move_on_after(30):
+            with trio.move_on_after(ack_wait_s):
                 await all_acked.wait()
             nursery.cancel_scope.cancel()
     result["unacked_frames"] = len(sent_at)
@@ -609,8 +664,9 @@ def run_latency(args: argparse.Namespace, subscribers: int, round_: int) -> dict
                     args.latency_series,
                     args.interval,
                     frames,
+                    args.drain_cap,
                 )
-                final = merge_reports(workers.stop(args.drain_idle, args.drain_cap))
+                final = merge_reports(workers.stop(args.drain_idle, args.drain_cap, writer["sent"]))
             elapsed = time.perf_counter() - started
             writer_cpu = time.process_time() - writer_cpu
             server_after = cpu_seconds(server.pid)
@@ -619,7 +675,8 @@ def run_latency(args: argparse.Namespace, subscribers: int, round_: int) -> dict
             log_tail = server.log_tail(5)
     counts = final["latency_counts"]
     delivered = int(counts.sum())
-    expected = writer["accepted"] * ready["subscribed"]
+    # Frames not acknowledged in time may still be stored and fed: count what was sent.
+    expected = writer["sent"] * ready["subscribed"]
     report: dict[str, Any] = {
         "subscribers": subscribers,
         "round": round_,
@@ -647,6 +704,9 @@ def run_latency(args: argparse.Namespace, subscribers: int, round_: int) -> dict
     }
     if server_cpu is not None and server_after is not None:
         report["server_cpu_share"] = (server_after - server_cpu) / elapsed
+        # Everything the server did (ingest too) per sample it delivered.
+        if delivered:
+            report["server_cpu_us_per_delivery"] = (server_after - server_cpu) / delivered * 1e6
     if machine_cpu is not None and machine_after is not None:
         report["machine_cpu_share"] = (machine_after - machine_cpu) / elapsed
     report["subscriber_cpu_share"] = (final["cpu_s"] - before["cpu_s"]) / elapsed
@@ -678,7 +738,7 @@ def summarize_latency(report: dict[str, Any]) -> str:
         f"p99.9 {report['p999_ms']:.1f} ms, max {report['max_ms']:.1f} ms; "
         f"delivered {report['delivered']:,} of {report['expected']:,}, "
         f"dropped {report['dropped']:,} in {report['dropped_frames']:,} frames, "
-        f"missing {report['missing']:,}, disconnects {report['disconnects']}"
+        f"not delivered in time {report['missing']:,}, disconnects {report['disconnects']}"
     )
     line += (
         f"\n    subscribed {report['subscribed']} (failed {report['connect_failures']}); "
@@ -688,7 +748,9 @@ def summarize_latency(report: dict[str, Any]) -> str:
         f"{report.get('server_cpu_share', float('nan')):.0%}, subscribers "
         f"{report['subscriber_cpu_share']:.0%}, writer {report['writer_cpu_share']:.0%}, "
         f"others {report.get('other_cpu_share', float('nan')):.0%}, machine "
-        f"{report.get('machine_cpu_share', float('nan')):.0%} (100% = one core)"
+        f"{report.get('machine_cpu_share', float('nan')):.0%} (100% = one core); server "
+        f"{report.get('server_cpu_us_per_delivery', float('nan')):.1f} us CPU per delivered "
+        f"sample; {report['elapsed_s']:.0f}s"
     )
     if report["close_reasons"]:
         line += f"\n    close reasons: {report['close_reasons']}"
@@ -805,7 +867,7 @@ async def throughput_writer(
     runs: list[dict[str, Any]] = []
     windows = [args.warmup] if args.warmup > 0 else []
     windows += [args.duration] * args.runs
-    async with ingest_connection(server.base_url) as ws:
+    async with writer_connection(server.base_url) as ws:
         with trio.fail_after(60):
             await define_series(ws, encoder, 0)
         async with trio.open_nursery() as nursery:
@@ -882,6 +944,7 @@ def run_throughput(args: argparse.Namespace, subscribers: int) -> dict[str, Any]
             subscribers,
             args.workers,
             args.metric,
+            pods=args.series // len(METRIC_NAMES) if args.selector == "pod" else 0,
             latency=False,
             connect_concurrency=args.connect_concurrency,
             max_seconds=READY_TIMEOUT_S + (args.runs + 1) * (args.duration * 6 + 30) + 120,
@@ -999,12 +1062,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     latency.add_argument(
         "--drain-idle", type=float, default=2.0, help="stop once no frame came for this long"
     )
-    latency.add_argument("--drain-cap", type=float, default=30.0, help="most seconds to drain")
+    latency.add_argument(
+        "--drain-cap",
+        type=float,
+        default=30.0,
+        help="most seconds to wait for acks, and then for subscribers to go idle",
+    )
     throughput = parser.add_argument_group("throughput")
     throughput.add_argument(
         "--throughput-subscribers", type=parse_counts, default=[0, 1000], help="e.g. 0,1000"
     )
     throughput.add_argument("--series", type=int, default=10_000, help="series per frame")
+    throughput.add_argument(
+        "--selector",
+        choices=["metric", "pod"],
+        default="metric",
+        help="metric: every subscriber takes --metric (1 in 10 series); pod: subscriber i "
+        "takes --metric of one pod only (1 series, 1,000 distinct selectors)",
+    )
     throughput.add_argument("--runs", type=int, default=5, help="timed runs per count")
     throughput.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     throughput.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up")
@@ -1083,19 +1158,37 @@ def main(argv: list[str] | None = None) -> int:
             print(summarize_throughput(report), flush=True)
             throughput[count] = report
 
-    print("\nsummary (median over rounds/runs):")
+    print("\nsummary (medians over rounds or runs; sums of drops and disconnects):")
+    if latency:
+        print(
+            "| subscribers | p50 ms | p99 ms | delivered | dropped | not delivered in time "
+            "| disconnects | server CPU us/delivery | others' CPU |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
     for count, reports in latency.items():
         print(
-            f"  latency {count:>5} subscribers: p50 {median_of(reports, 'p50_ms'):,.1f} ms, "
-            f"p99 {median_of(reports, 'p99_ms'):,.1f} ms over {len(reports)} rounds; dropped "
-            f"{sum(r['dropped'] for r in reports):,}, disconnects "
-            f"{sum(r['disconnects'] for r in reports)}, missing "
-            f"{sum(r['missing'] for r in reports):,}"
+            f"| {count:,} | {median_of(reports, 'p50_ms'):,.1f} | "
+            f"{median_of(reports, 'p99_ms'):,.1f} | "
+            f"{sum(r['delivered'] for r in reports):,} / {sum(r['expected'] for r in reports):,} | "
+            f"{sum(r['dropped'] for r in reports):,} | {sum(r['missing'] for r in reports):,} | "
+            f"{sum(r['disconnects'] for r in reports)} | "
+            f"{median([r.get('server_cpu_us_per_delivery', math.nan) for r in reports]):.1f} | "
+            f"{median([r.get('other_cpu_share', math.nan) for r in reports]):.0%} |"
         )
-    for count, report in throughput.items():
+    if throughput:
         print(
-            f"  throughput {count:>5} subscribers: {report['median_samples_per_s']:,.0f} "
-            f"samples/s (median of {args.runs} runs)"
+            "| subscribers | median samples/s | min | max | whole stream samples/s "
+            "| delivered | dropped | disconnects | others' CPU |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+    for count, report in throughput.items():
+        timed = [run for run in report["runs"] if not run["warmup"]]
+        print(
+            f"| {count:,} | {report['median_samples_per_s']:,.0f} | "
+            f"{report['min_samples_per_s']:,.0f} | {report['max_samples_per_s']:,.0f} | "
+            f"{report['overall_samples_per_s']:,.0f} | {report['delivered']:,} | "
+            f"{report['dropped']:,} | {report['disconnects']} | "
+            f"{median([run.get('other_cpu_share', math.nan) for run in timed]):.0%} |"
         )
     for line in verdicts(latency, throughput):
         print(f"  {line}")

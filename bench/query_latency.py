@@ -10,9 +10,9 @@ samples), then times many sequential requests per query after a warm-up:
 - ``range_1h``: ``/metrics/NAME/range?duration=1h&step=60s&aggregation=avg
   &label=namespace:N``, 1,000 series.
 
-Memory: a second fresh server gets 10,000 series x 1,000 samples; the
-storage's own ``memory_bytes`` and the growth of the process RSS are divided
-by the sample count.
+Memory: a second fresh server gets 10,000 series x 1,000 samples. The
+storage's own ``memory_bytes`` and the growth of the process RSS are each
+divided by the sample count.
 
     python bench/query_latency.py
     python bench/query_latency.py --hours 6 --requests 100 --json out.json
@@ -33,6 +33,7 @@ import trio
 
 from _harness import (
     STEP_MS,
+    STORAGE_MODES,
     FrameEncoder,
     FrameSource,
     Profiler,
@@ -69,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory phase")
     parser.add_argument("--skip-latency", action="store_true", help="skip the latency phase")
+
     parser.add_argument("--shards", type=int, default=2, help="shards of the started servers")
     parser.add_argument(
         "--server-arg",
@@ -76,10 +78,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra argument for the started servers, e.g. --server-arg=--retention-interval=1h",
     )
+    parser.add_argument(
+        "--storage",
+        choices=STORAGE_MODES,
+        default="memory",
+        help="storage of the started servers: memory (--in-memory), or durable in a fresh "
+        "temporary --data-dir with the server's default fsync (default %(default)s)",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument(
         "--profile-dir", help="record the server with py-spy into DIR/query_NAME.txt (raw)"
     )
+
     args = parser.parse_args(argv)
     if args.series < 10 or args.series % 10:
         parser.error("--series must be a multiple of 10 (ten namespaces)")
@@ -133,13 +143,17 @@ def time_query(
     check: Any,
     server_pid: int,
 ) -> dict[str, Any]:
-    """Time ``args.requests`` GETs after ``args.warmup`` untimed ones; check the first."""
-    first = client.get(path, params=params)
+    """Time ``args.requests`` GETs after ``args.warmup`` untimed ones.
+
+    The first response is checked with ``check``, which returns its shape.
+    """
+    query = httpx.QueryParams(tuple(params))
+    first = client.get(path, params=query)
     if first.status_code != 200:
         raise RuntimeError(f"GET {path} {params}: {first.status_code} {first.text[:300]}")
     shape = check(first.json())
     for _ in range(args.warmup):
-        client.get(path, params=params)
+        client.get(path, params=query)
     latencies = []
     server_cpu, machine_cpu, client_cpu = (
         cpu_seconds(server_pid),
@@ -149,7 +163,7 @@ def time_query(
     started_all = time.perf_counter()
     for _ in range(args.requests):
         started = time.perf_counter()
-        response = client.get(path, params=params)
+        response = client.get(path, params=query)
         latencies.append((time.perf_counter() - started) * 1000)
         if response.status_code != 200:
             raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
@@ -192,7 +206,7 @@ def latency_phase(args: argparse.Namespace) -> dict[str, Any]:
     encoder = FrameEncoder("columnar", [(METRIC, label) for label in labels])
     steps = args.hours * 3_600_000 // STEP_MS
     report: dict[str, Any] = {}
-    with ServerProcess(args.server_arg, shards=args.shards) as server:
+    with ServerProcess(args.server_arg, shards=args.shards, storage=args.storage) as server:
         print(f"latency: server PID {server.pid} on {server.base_url}", flush=True)
         report["load"] = trio.run(load, server.base_url, encoder, steps)
         print(
@@ -250,7 +264,7 @@ def latency_phase(args: argparse.Namespace) -> dict[str, Any]:
 def memory_phase(args: argparse.Namespace) -> dict[str, Any]:
     labels = container_labels(args.series)
     encoder = FrameEncoder("columnar", [(METRIC, label) for label in labels])
-    with ServerProcess(args.server_arg, shards=args.shards) as server:
+    with ServerProcess(args.server_arg, shards=args.shards, storage=args.storage) as server:
         print(f"memory: server PID {server.pid} on {server.base_url}", flush=True)
         rss: list[int] = [memory_kib(server.pid)["VmRSS"]]
 
@@ -293,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = machine_info()
     print(json.dumps(machine), flush=True)
-    results: dict[str, Any] = {"machine": machine}
+    results: dict[str, Any] = {"machine": machine, "storage": args.storage}
     if not args.skip_latency:
         results["latency"] = latency_phase(args)
     if not args.skip_memory:

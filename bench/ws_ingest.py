@@ -1,9 +1,9 @@
 """WebSocket ingest throughput in three frame formats.
 
 Starts ``metricstore serve`` on a free loopback port (a fresh server per
-mode), or uses a running one given by ``--url``, and streams frames of
-10,000 container series (one sample each) from a separate client process
-with a bounded window of outstanding acks. Modes:
+mode), or uses a running one given by ``--url``. A separate client process
+streams frames of 10,000 container series (one sample each) with a bounded
+window of outstanding acks. Modes:
 
 - ``json-rows``: text frames ``{"seq", "metrics": [row, ...]}``;
 - ``msgpack-rows``: the same document as a binary msgpack frame;
@@ -37,6 +37,7 @@ import trio
 from _harness import (
     RETENTION_MS,
     STEP_MS,
+    STORAGE_MODES,
     FrameEncoder,
     FrameSource,
     Profiler,
@@ -92,8 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per mode")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per timed run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per mode")
-    parser.add_argument("--window", type=int, default=8, help="most frames awaiting an ack")
-    parser.add_argument("--max-frames", type=int, default=2000, help="most frames per run")
+    parser.add_argument("--window", type=int, default=8, help="maximum frames awaiting an ack")
+    parser.add_argument("--max-frames", type=int, default=2000, help="maximum frames per run")
+
     parser.add_argument("--shards", type=int, default=2, help="shards of a started server")
     parser.add_argument(
         "--server-arg",
@@ -101,10 +103,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra argument for a started server, e.g. --server-arg=--retention-interval=1h",
     )
+    parser.add_argument(
+        "--storage",
+        choices=STORAGE_MODES,
+        default="memory",
+        help="storage of the started servers: memory (--in-memory), or durable in a fresh "
+        "temporary --data-dir with the server's default fsync (default %(default)s)",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument(
         "--profile-dir", help="record the server with py-spy into DIR/ws_MODE.txt (raw format)"
     )
+
     args = parser.parse_args(argv)
     if args.series < 10 or args.runs < 1 or args.window < 1 or args.max_frames < 1:
         parser.error("--series >= 10, --runs, --window and --max-frames >= 1")
@@ -128,10 +138,9 @@ def _timed_ms(function: Any, repeat: int = 5) -> float:
 def baselines(encoder: FrameEncoder, start_ms: int) -> dict[str, float]:
     """Per-frame costs measured in the client process, without a server.
 
-    ``encode_ms`` is the client's cost of one frame; ``decode_ms`` the
-    server's first step alone (``json.loads`` or ``msgpack.unpackb`` as the
-    server calls them) and ``decode_rows_ms`` that plus row validation, both
-    run with the server's own functions here.
+    ``encode_ms`` is the client's cost of one frame. ``decode_ms`` is the
+    server's first step alone (its ``loads_json`` or ``loads_msgpack``), and
+    ``decode_rows_ms`` adds the server's row validation (``decode_rows``).
     """
     frame = encoder.frame(0, [0], start_ms)
     result = {"encode_ms": _timed_ms(lambda: encoder.frame(0, [0], start_ms))}
@@ -168,7 +177,7 @@ async def run_client(config: ClientConfig) -> dict[str, Any]:
                 duration_s=config.warmup_s if warmup else config.duration_s,
                 max_frames=config.max_frames,
             )
-            run = {
+            run: dict[str, Any] = {
                 "warmup": warmup,
                 "frames": result.frames,
                 "sent": result.sent,
@@ -215,7 +224,7 @@ def plan_start(args: argparse.Namespace, base_url: str) -> tuple[int, int]:
     """Return the first timestamp and the frame cap per run that fit before now.
 
     A running server may hold newer samples of these series from an earlier
-    run: the frames then start after them, since older ones would be
+    run. The frames then start after them, because older ones would be
     rejected as out of order.
     """
     now = aligned_now_ms()
@@ -230,7 +239,8 @@ def plan_start(args: argparse.Namespace, base_url: str) -> tuple[int, int]:
     max_frames = min(args.max_frames, available // (args.runs + 1))
     if max_frames < 10:
         raise SystemExit(
-            "the server already holds samples up to now; restart it or let this script start one"
+            "no timestamps left before now: the server already holds samples up to the "
+            "present. Restart it, or run without --url so that this script starts a server"
         )
     return start, max_frames
 
@@ -287,6 +297,7 @@ def run_mode(args: argparse.Namespace, mode: str, url: str, pid: int | None) -> 
     ]
     report.update(
         mode=mode,
+        storage=args.storage if not args.url else "as the --url server runs",
         config=asdict(config),
         clean=accepted == sent and not problems and len(timed) == args.runs,
         sent_total=sent,
@@ -322,7 +333,13 @@ def summarize(report: dict[str, Any]) -> str:
         f"{'clean' if report['clean'] else 'NOT CLEAN'}: sent {report['sent_total']:,}, "
         f"accepted {report['accepted_total']:,}, stored {report['stored_delta']:,}",
     ]
-    if report["quiet_runs"] < len(timed):
+
+    if report["quiet_runs"] == 0:
+        lines.append(
+            f"  no run had other load under {QUIET_OTHER_CPU_SHARE:.0%} of a core: "
+            "the rates above may be lower than on an idle machine"
+        )
+    elif report["quiet_runs"] < len(timed):
         lines.append(
             f"  median of the {report['quiet_runs']} runs with other load under "
             f"{QUIET_OTHER_CPU_SHARE:.0%} of a core: {report['quiet_median_samples_per_s']:,.0f}"
@@ -332,6 +349,7 @@ def summarize(report: dict[str, Any]) -> str:
             f"  per server CPU second: median {report['samples_per_server_cpu_s']:,.0f} samples "
             "(the rate with a core to itself)"
         )
+
     for run in timed:
         cpu = ""
         if "server_cpu_s" in run:
@@ -346,6 +364,7 @@ def summarize(report: dict[str, Any]) -> str:
             f"{run['elapsed_s']:.2f}s, ack p50 {run['ack_p50_ms']:.1f} ms "
             f"p99 {run['ack_p99_ms']:.1f} ms{cpu}"
         )
+
     line = (
         f"  frame {baseline['frame_bytes']:,} bytes; client encode {baseline['encode_ms']:.2f} ms"
     )
@@ -357,6 +376,7 @@ def summarize(report: dict[str, Any]) -> str:
             f"{ceiling:,.0f} samples/s (end-to-end reaches {rate / ceiling:.0%} of that)"
         )
     lines.append(line)
+
     memory = report.get("server_memory_kib", {})
     stats = report["stats"]
     if memory:
@@ -379,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             report = run_mode(args, mode, http_base(args.url), args.server_pid)
         else:
-            with ServerProcess(args.server_arg, shards=args.shards) as server:
+            with ServerProcess(args.server_arg, shards=args.shards, storage=args.storage) as server:
                 print(f"{mode}: server PID {server.pid} on {server.base_url}", flush=True)
                 report = run_mode(args, mode, server.base_url, server.pid)
         print(summarize(report), flush=True)

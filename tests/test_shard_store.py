@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from metricstore.models import Limits, RetentionPolicy
 from metricstore.storage.aggregate import aggregate_range, aggregate_whole
+from metricstore.storage.blocks import RawBlock
 from metricstore.storage.shard import ShardStore
 
 NOW_MS = 10_000_000
@@ -218,3 +219,30 @@ def test_retention_drops_rollups_whole() -> None:
     # base and base + 10m have ended by then; the one at base + 20m has not.
     store.apply_retention(base + 3_600_000 + 1_500_000)
     assert store.stats()["rollup_rows"] == 4
+
+
+@settings(max_examples=100, deadline=None)
+@given(samples_strategy, st.integers(0, 150), st.integers(-300, 300))
+def test_block_merge_matches_sort(
+    samples: list[tuple[int, int, int]], split: int, shift_s: int
+) -> None:
+    older, newer = samples[:split], samples[split:]
+
+    def block(rows: list[tuple[int, int, int]], shift: int) -> RawBlock:
+        return RawBlock(
+            np.array([s for s, _, _ in rows], dtype=np.int64),
+            np.array([(t + shift) * 1000 for _, t, _ in rows], dtype=np.int64),
+            np.array([float(v) for _, _, v in rows], dtype=np.float64),
+        )
+
+    first, second = block(older, 0), block(newer, shift_s)
+    merged = first.merge(second)
+    expected = RawBlock(
+        np.concatenate((first.series_column(), second.series_column())),
+        np.concatenate((first.timestamps, second.timestamps)),
+        np.concatenate((first.values, second.values)),
+    )
+    assert np.array_equal(merged.ids, expected.ids)
+    assert np.array_equal(merged.offsets, expected.offsets)
+    assert np.array_equal(merged.timestamps, expected.timestamps)
+    assert np.array_equal(merged.values, expected.values)

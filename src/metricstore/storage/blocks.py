@@ -211,12 +211,28 @@ class RawBlock:
 
     __slots__ = ("ids", "max_ts", "min_ts", "name", "offsets", "timestamps", "values")
 
-    def __init__(self, series: Int64Array, timestamps: Int64Array, values: Float64Array) -> None:
-        """Build a block from samples in any order; the arrays are not kept."""
-        order = np.lexsort((timestamps, series))
-        sorted_series = series[order]
-        self.timestamps: Int64Array = timestamps[order]
-        self.values: Float64Array = values[order]
+    def __init__(
+        self,
+        series: Int64Array,
+        timestamps: Int64Array,
+        values: Float64Array,
+        *,
+        presorted: bool = False,
+    ) -> None:
+        """Build a block from samples in any order; the arrays are not kept.
+
+        With ``presorted``, the caller promises the samples are already
+        sorted by series, then time, and the sort is skipped.
+        """
+        if presorted:
+            sorted_series = series
+            self.timestamps: Int64Array = timestamps
+            self.values: Float64Array = values
+        else:
+            order = np.lexsort((timestamps, series))
+            sorted_series = series[order]
+            self.timestamps = timestamps[order]
+            self.values = values[order]
         starts = group_starts(sorted_series)
         self.ids: Int64Array = sorted_series[starts]
         self.offsets: Int64Array = np.append(starts, sorted_series.size).astype(np.int64)
@@ -240,10 +256,51 @@ class RawBlock:
     def gather(self, wanted: Int64Array) -> tuple[Int64Array, Int64Array]:
         return gather_series(self.ids, self.offsets, wanted)
 
+    def merge(self, newer: RawBlock) -> RawBlock:
+        """Merge with a block written later, in linear time when their runs do not interleave.
+
+        Each series' samples from this block come first, then those from
+        ``newer``; that is already sorted unless some series has a sample in
+        ``newer`` older than its last one here, and only then is it sorted.
+        """
+        if self.size == 0 or newer.size == 0:
+            return newer if self.size == 0 else self
+        ids = np.union1d(self.ids, newer.ids)
+        old_starts, old_stops = _runs_of(self, ids)
+        new_starts, new_stops = _runs_of(newer, ids)
+        both = (old_stops > old_starts) & (new_stops > new_starts)
+        old_last = self.timestamps[np.maximum(old_stops - 1, 0)]
+        new_first = newer.timestamps[np.minimum(new_starts, newer.size - 1)]
+        overlapping = both & (old_last > new_first)
+        series = np.concatenate((self.series_column(), newer.series_column()))
+        timestamps = np.concatenate((self.timestamps, newer.timestamps))
+        values = np.concatenate((self.values, newer.values))
+        if overlapping.any():
+            return RawBlock(series, timestamps, values)
+
+        shift = self.size
+        starts = np.column_stack((old_starts, new_starts + shift)).ravel()
+        stops = np.column_stack((old_stops, new_stops + shift)).ravel()
+        order = ranges_to_indices(starts, stops)
+        return RawBlock(series[order], timestamps[order], values[order], presorted=True)
+
     def last_per_series(self) -> tuple[Int64Array, Int64Array, Float64Array]:
         """Return each series' newest sample in this block."""
         last = self.offsets[1:] - 1
         return self.ids, self.timestamps[last], self.values[last]
+
+
+def _runs_of(block: RawBlock, ids: Int64Array) -> tuple[Int64Array, Int64Array]:
+    """Return where each of ``ids`` (sorted) starts and stops in ``block``; empty if absent."""
+    starts = np.zeros(ids.size, dtype=np.int64)
+    stops = np.zeros(ids.size, dtype=np.int64)
+    if block.ids.size == 0:
+        return starts, stops
+    slots = np.minimum(np.searchsorted(block.ids, ids), block.ids.size - 1)
+    present = block.ids[slots] == ids
+    starts[present] = block.offsets[slots[present]]
+    stops[present] = block.offsets[slots[present] + 1]
+    return starts, stops
 
 
 class RollupBlock:

@@ -320,7 +320,7 @@ class ShardStore:
         ):
             newer = blocks.pop()
             older = blocks.pop()
-            blocks.append(_merge_raw([older, newer]))
+            blocks.append(older.merge(newer))
 
     def _add_rollups(self, partials: Partials) -> None:
         rollups = self._rollups
@@ -451,7 +451,9 @@ class ShardStore:
             if kept == block.size:
                 blocks.append(block)
             elif kept:
-                trimmed = RawBlock(series[mask], block.timestamps[mask], block.values[mask])
+                trimmed = RawBlock(
+                    series[mask], block.timestamps[mask], block.values[mask], presorted=True
+                )
                 # The file may keep the dropped samples: recovery applies
                 # the same rules again, so it need not be rewritten.
                 trimmed.name = block.name
@@ -559,14 +561,6 @@ class ShardStore:
             "oldest_ms": min(starts) if starts else None,
             "newest_ms": int(live_last.max()) if live_last.size else None,
         }
-
-
-def _merge_raw(blocks: list[RawBlock]) -> RawBlock:
-    return RawBlock(
-        np.concatenate([block.series_column() for block in blocks]),
-        np.concatenate([block.timestamps for block in blocks]),
-        np.concatenate([block.values for block in blocks]),
-    )
 
 
 def _filter_rollup(block: RollupBlock, mask: BoolArray) -> RollupBlock | None:
