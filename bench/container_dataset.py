@@ -45,10 +45,12 @@ float_gauge 110, static 410; 6 hours give 1,440 scrapes and about 4.4
 million samples.
 
 Each node is two scrape targets (cAdvisor and the node exporter) with
-their own phase. Scrape times are ``start + phase + k * 15 s`` plus jitter:
-85% of scrapes are on time to the millisecond (as Prometheus's timestamp
-alignment makes them), the rest are off by up to 25 ms, one in 1,000 is
-0.1 to 2 s late, and one in 2,000 is missed (no sample for that target).
+their own phase. Scrape times are ``start + phase + k * 15 s`` plus jitter.
+85% of scrapes are on time to the millisecond, as Prometheus's scrape loop
+makes most of them by snapping times within 2 ms of the schedule
+(``ScrapeTimestampTolerance`` in its scrape.go). The rest are off by up to
+25 ms. One scrape in 1,000 is 0.1 to 2 s late, and one in 2,000 is missed,
+so that target has no sample at that step.
 
 The data set gives the samples as numpy columns (``columns``,
 ``step_columns``), as metricstore ``SampleBatch`` and ``MetricValue``
@@ -322,9 +324,10 @@ def _bursty_increments(
 ) -> Int64Array:
     """Return integer increments from an on/off chain with Pareto-sized bursts.
 
-    Active steps add ``scale * (Pareto(alpha) + 1)`` (capped), rounded down
-    to a multiple of ``unit``; idle steps add nothing, or with probability
-    0.3 a few ``idle_unit`` (keep-alive packets, metadata writes).
+    Active steps add ``scale * (Pareto(alpha) + 1)``, capped at ``cap`` and
+    rounded down to a multiple of ``unit``. Idle steps add nothing, except
+    that with probability 0.3 they add a few ``idle_unit`` (keep-alive
+    packets, metadata writes).
     """
     rows = scale.size
     active = np.empty((rows, steps), dtype=np.bool_)
@@ -353,7 +356,7 @@ def _walk_pages(
     drift: float,
     jump: float,
 ) -> Int64Array:
-    """Return a page count per row and step that stands still, drifts and jumps.
+    """Return a page count per row and step that stays the same, drifts and jumps.
 
     Each step keeps the count with probability ``still``, jumps by 5-30% of
     the row's base with probability ``jump``, and otherwise moves by a
@@ -393,7 +396,7 @@ def _two_decimals(values: Float64Array) -> Float64Array:
 def _ar1(
     rng: np.random.Generator, shape: tuple[int, int], phi: float, sigma: float
 ) -> Float64Array:
-    """Return rows of a stationary AR(1) process with unit-free variance sigma**2/(1-phi**2)."""
+    """Return rows of a stationary AR(1) process, whose variance is sigma**2 / (1 - phi**2)."""
     rows, steps = shape
     out = np.empty(shape)
     state = rng.normal(0, sigma / np.sqrt(1 - phi**2), rows)
@@ -492,7 +495,7 @@ def _add_containers(
     mean_cores = np.minimum(np.exp(rng.normal(np.log(0.05), 1.3, count)), limit_cores * 0.8)
     burst = np.where(rng.random((count, steps)) < 0.03, rng.uniform(2, 8, (count, steps)), 1.0)
     rate = mean_cores[:, None] * np.exp(_ar1(rng, (count, steps), 0.9, 0.3) - 0.24) * burst
-    # A container at its CPU quota uses a little less than all of it, never exactly the same.
+    # A container at its CPU quota uses 97-100% of it, a different amount at each scrape.
     rate = np.minimum(rate, limit_cores[:, None] * rng.uniform(0.97, 1.0, (count, steps)))
     usage_inc = np.rint(rate * interval_ns).astype(np.int64)
     usage_ns = _counter(

@@ -14,17 +14,23 @@ temporary and deleted afterwards.
   every mode stores the same samples and pays for the same head cuts,
   checkpoints and block merges. Modes: ``--in-memory`` and ``--data-dir
   TMP --fsync batch|interval|off``, interleaved run by run; the median
-  samples/s of each mode is reported with its ratio to in-memory. Target:
-  the default fsync mode (batch) keeps at least 50% of the in-memory rate.
+  samples/s of each mode is reported with its ratio to in-memory, the
+  samples per second of server CPU, and "other CPU": CPU time that neither
+  the server nor this client used during the run (other processes on the
+  machine), as a share of one core. Target: the default fsync mode
+  (batch) keeps at least 50% of the in-memory rate. ``--profile-dir``
+  records each mode's first run with py-spy (see ``pyspy_summary.py``).
 - ``recovery``: for each ``--recovery-samples`` size, a server with a data
   directory is filled over the WebSocket (``--fsync batch``), then killed
   with SIGKILL, as a crash would; most samples are then in block files and
-  the rest (the heads, up to 131,072 samples per shard) only in the log. A
+  the rest (the heads, up to 131,072 samples per shard) only in the log
+  (the default 200,000 fit in the heads, so that size is all log). A
   new server is started on the directory and timed from process start to
   the first ``/readyz`` 200 (polled every 0.1 s, so times carry up to
-  0.1 s of polling delay), and its log line ``recovered ... in Ns`` is
-  read. The same start on an empty directory gives the fixed start-up
-  cost. Target: at least 1 million samples recovered per second.
+  0.1 s of polling delay), and its log lines ``recovered ... in Ns`` and
+  ``shard N recovered in Ns`` are read. The same start on an empty
+  directory gives the fixed start-up cost. Target: at least 1 million
+  samples recovered per second.
 - ``memory``: RSS (VmRSS from /proc) of a fresh server after it has 1,000
   series, and again after ``--memory-series`` more series with one sample
   each; the difference divided by the number of series added is the RSS
@@ -58,11 +64,13 @@ import trio
 
 from _harness import (
     STEP_MS,
+    Profiler,
     ServerProcess,
     aligned_now_ms,
     cpu_seconds,
     decode_ack,
     ingest_connection,
+    machine_busy_seconds,
     machine_info,
     median,
     memory_kib,
@@ -207,20 +215,36 @@ def run_ingest(args: argparse.Namespace, log: Logger) -> dict[str, Any]:
             data_dir = Path(tempfile.mkdtemp(prefix="metricstore-ingest-"))
             try:
                 extra = server_args(mode, data_dir / "data")
+                profile = None
+                if args.profile_dir and number == 0:
+                    profile = os.path.join(
+                        args.profile_dir, f"durability_{mode.replace(' ', '_')}.txt"
+                    )
                 with ServerProcess(extra) as server:
                     trio.run(ingest_frames, server.base_url, frames, 0, args.warmup_frames, 8)
                     cpu_before = cpu_seconds(server.pid)
-                    run = trio.run(
-                        ingest_frames,
-                        server.base_url,
-                        frames,
-                        args.warmup_frames,
-                        args.frames,
-                        args.window,
-                    )
+                    machine_before = machine_busy_seconds()
+                    client_before = time.process_time()
+                    with Profiler(server.pid, profile):
+                        run = trio.run(
+                            ingest_frames,
+                            server.base_url,
+                            frames,
+                            args.warmup_frames,
+                            args.frames,
+                            args.window,
+                        )
+                    client_cpu = time.process_time() - client_before
                     cpu_after = cpu_seconds(server.pid)
+                    machine_after = machine_busy_seconds()
                     if cpu_before is not None and cpu_after is not None:
                         run["server_cpu_s"] = cpu_after - cpu_before
+                        if machine_before is not None and machine_after is not None:
+                            # CPU that neither the server nor this client used: other load.
+                            other = (
+                                machine_after - machine_before - run["server_cpu_s"] - client_cpu
+                            )
+                            run["other_cpu_share"] = max(0.0, other) / run["elapsed_s"]
                     run["rss_kib"] = memory_kib(server.pid).get("VmRSS")
                     run["stored"] = storage_stats(server.base_url)["raw_samples"]
             finally:
@@ -237,7 +261,9 @@ def run_ingest(args: argparse.Namespace, log: Logger) -> dict[str, Any]:
         cpu = [
             run["accepted"] / run["server_cpu_s"] for run in mode_runs if run.get("server_cpu_s")
         ]
+        other = [run["other_cpu_share"] for run in mode_runs if "other_cpu_share" in run]
         summary[mode] = {
+            "median_other_cpu_share": median(other) if other else None,
             "median_samples_per_s": median(rates),
             "min_samples_per_s": min(rates),
             "max_samples_per_s": max(rates),
@@ -461,7 +487,7 @@ def format_report(report: dict[str, Any]) -> str:
         )
         lines.append(
             f"  {'mode':<16}{'median/s':>12}{'min/s':>12}{'max/s':>12}{'per CPU s':>12}"
-            f"{'of memory':>11}  runs"
+            f"{'of memory':>11}{'other CPU':>10}  runs"
         )
         for mode, entry in ingest["modes"].items():
             ratio = entry.get("ratio_to_in_memory")
@@ -470,6 +496,7 @@ def format_report(report: dict[str, Any]) -> str:
                 f"  {mode:<16}{entry['median_samples_per_s']:>12,.0f}"
                 f"{entry['min_samples_per_s']:>12,.0f}{entry['max_samples_per_s']:>12,.0f}"
                 f"{per_cpu or 0:>12,.0f}{ratio if ratio is not None else float('nan'):>11.0%}"
+                f"{entry['median_other_cpu_share'] or 0:>10.0%}"
                 f"  {len(entry['runs'])}{'' if entry['clean'] else ' NOT CLEAN'}"
             )
         default = ingest["modes"].get(DEFAULT_MODE, {}).get("ratio_to_in_memory")
@@ -551,6 +578,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=list(MODES),
         default=["in-memory", DEFAULT_MODE],
         help="server modes for the memory part",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        help="record the server of each mode's first ingest run with py-spy into "
+        "DIR/durability_MODE.txt (raw format, for pyspy_summary.py)",
     )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)

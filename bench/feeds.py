@@ -1,9 +1,10 @@
 """Live-feed benchmarks: delivery latency and ingest throughput with WebSocket subscribers.
 
 Starts ``metricstore serve`` on a free loopback port (a fresh server per
-scenario) and opens subscribers from worker processes separate from the
-server (``--workers``, each holding its share of the connections, trio
-inside each). Every subscriber is its own WebSocket connection to
+scenario, its data in a new temporary directory, or ``--in-memory``) and
+opens subscribers from worker processes separate from the server
+(``--workers``, each holding its share of the connections, trio inside
+each). Every subscriber is its own WebSocket connection to
 ``/ws/subscribe``, subscribes with a msgpack frame (so the server answers
 in msgpack) and reads as fast as it can.
 
@@ -14,25 +15,33 @@ in msgpack) and reads as fast as it can.
   its own ``time.time()`` at receipt minus the value (same machine, same
   clock). Reported: p50/p99 over every delivered sample of every
   subscriber, samples dropped ("dropped" frames), disconnects, and what was
-  never delivered. Runs for 1, 100 and 1,000 subscribers by default.
+  not delivered by the end of ``--drain-cap``. Runs for 1, 100 and 1,000
+  subscribers, ``--rounds`` times each.
 - ``throughput``: a writer streams columnar frames (define once, then
-  series ids) of 10,000 container series, one sample each, with a bounded
-  window of outstanding acks, ``--runs`` timed runs of ``--duration``
-  seconds after a warm-up; samples/s counts acked samples. Runs with 0 and
-  with 1,000 subscribers of one metric (1,000 of the 10,000 series).
+  series ids) of 10,000 container series, one sample each, with at most
+  ``--window`` frames awaiting an ack. After a warm-up, ``--runs`` windows
+  of ``--duration`` seconds each count the samples acked within them; the
+  stream does not pause between windows, so a slow server cannot stretch a
+  run. Runs with 0 and with 1,000 subscribers; with ``--selector metric``
+  all take one metric (1,000 of the 10,000 series each), with ``pod`` each
+  takes that metric for one pod (one series, 1,000 distinct selectors).
 
 Targets: p99 latency below 50 ms with 1,000 subscribers, and at least 80%
-of the 0-subscriber ingest rate kept with 1,000 subscribers.
+of the 0-subscriber ingest rate kept with 1,000 subscribers. CPU use of
+the server, the subscriber workers, the writer (this process) and of
+everything else on the machine is reported per run: on a shared machine
+with few cores, the last one says how far to trust the rest.
 
-    python bench/feeds.py                                 # both parts
+    python bench/feeds.py --json feeds.json               # both parts
     python bench/feeds.py --part latency --subscribers 1000 --rounds 1
+    python bench/feeds.py --part throughput --selector pod
     python bench/feeds.py --part throughput --profile-dir profiles
     python bench/pyspy_summary.py profiles/throughput_1000.txt
 
 The open-file limit is raised (soft up to the hard limit) when 1,000
 connections and the server's own descriptors need more than it allows;
 the output says so. Every process started here is stopped by PID at the
-end, also on errors.
+end, also on errors and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import math
 import multiprocessing
 import os
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -1131,8 +1141,16 @@ def verdicts(
         )
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SystemExit unwinds the stack, so the servers, the workers and the
+    # temporary data directories go too (a trio.run it cuts short may print
+    # warnings on the way out). Both also die with this process by PDEATHSIG.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     counts = []
     if args.part in ("latency", "all"):
         counts += args.subscribers

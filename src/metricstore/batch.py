@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,10 +42,12 @@ class SampleBatch:
 class RowDecoder:
     """Collects validated rows into a SampleBatch, rejecting rows one by one.
 
-    Series already seen in this batch are not validated again.
+    Series already seen in this batch, or in ``known`` (keys the storage
+    already validated and holds), are not validated again.
     """
 
     limits: Limits = DEFAULT_LIMITS
+    known: Container[SeriesKey] = frozenset()
     series: list[SeriesDefinition] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     _slot_by_key: dict[SeriesKey, int] = field(default_factory=dict)
@@ -65,14 +67,17 @@ class RowDecoder:
     ) -> None:
         """Add one row whose value and time are already parsed."""
         key: SeriesKey | None = None
+        slot: int | None = None
         if isinstance(name, str) and isinstance(labels, dict):
             try:
                 key = (name, tuple(sorted(labels.items())))
                 slot = self._slot_by_key.get(key)
+                if slot is None and key in self.known and _is_unit(unit):
+                    slot = len(self.series)
+                    self._slot_by_key[key] = slot
+                    self.series.append(SeriesDefinition(key, unit if isinstance(unit, str) else ""))
             except TypeError:  # unhashable or unorderable label values
-                slot = None
-        else:
-            slot = None
+                key, slot = None, None
         if slot is None:
             try:
                 name, labels, unit = validate_series(name, labels, unit, self.limits)
@@ -101,11 +106,17 @@ class RowDecoder:
         )
 
 
+def _is_unit(unit: object) -> bool:
+    return unit is None or (isinstance(unit, str) and len(unit) <= DEFAULT_LIMITS.max_unit_length)
+
+
 def batch_from_metric_values(
-    metrics: Sequence[MetricValue] | Iterable[MetricValue], limits: Limits = DEFAULT_LIMITS
+    metrics: Sequence[MetricValue] | Iterable[MetricValue],
+    limits: Limits = DEFAULT_LIMITS,
+    known: Container[SeriesKey] = frozenset(),
 ) -> tuple[SampleBatch, list[tuple[int, str]]]:
     """Convert MetricValue objects to a batch; return it and the rows rejected."""
-    decoder = RowDecoder(limits)
+    decoder = RowDecoder(limits, known)
     for position, metric in enumerate(metrics):
         value = metric.value
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -45,6 +45,7 @@ class IndexActor:
         self._shard_count = shard_count
         self._series_log = series_log
         self._shard_of = [shard_for(key, shard_count) for key in index.keys]
+        self._shard_array = np.array(self._shard_of, dtype=np.int64)
 
     async def run(self, inbox: Inbox) -> None:
         logger.debug("index actor started")
@@ -140,11 +141,13 @@ class IndexActor:
     def _select(self, message: Message) -> Message:
         matchers = [Matcher.parse(item) for item in message.get("matchers") or ()]
         ordered = self._index.select(message["name"], message.get("labels"), matchers)
-        keys = self._index.keys
+        if self._shard_array.size != len(self._shard_of):
+            self._shard_array = np.array(self._shard_of, dtype=np.int64)
         units = self._index.units
-        shards = np.array([self._shard_of[i] for i in ordered.tolist()], dtype=np.int64)
+        # Keys never change for an id, so callers cache them and fetch the
+        # ones they lack with "keys"; units may change and come each time.
         return {
             "ids": int_column(ordered),
-            "shards": int_column(shards),
-            "series": [encode_key(keys[i], units[i]) for i in ordered.tolist()],
+            "shards": int_column(self._shard_array[ordered]),
+            "units": [units[i] for i in ordered.tolist()],
         }

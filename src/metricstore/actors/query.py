@@ -34,8 +34,9 @@ class QueryActor:
 
     It owns no state, so each request runs in its own task, at most
     ``max_concurrent`` at once; a slow query does not hold up the others.
-    A read reply lists the series in key order with ``counts`` of points
-    each, and the points' ``timestamps`` and ``values`` in that order.
+    A read reply lists the series ``ids`` in key order with their ``units``
+    and ``counts`` of points, and the points' ``timestamps`` and ``values``
+    in that order.
     """
 
     def __init__(self, index: Mailbox, shards: Sequence[Mailbox], max_concurrent: int = 16) -> None:
@@ -111,7 +112,8 @@ class QueryActor:
         rights = np.searchsorted(series, ordered, side="right")
         rows = ranges_to_indices(lefts, rights)
         return {
-            "series": selected["series"],
+            "ids": selected["ids"],
+            "units": selected["units"],
             "counts": int_column(rights - lefts),
             "timestamps": int_column(timestamps[rows]),
             "values": float_column(values[rows]),

@@ -98,7 +98,9 @@ def create_metrics_router(
         if unknown:
             raise DecodeError(f"unknown top-level field {sorted(map(str, unknown))[0]!r}")
 
-        batch, rejected = decode_rows(document["metrics"], storage.limits)
+        batch, rejected = decode_rows(
+            document["metrics"], storage.limits, known=storage.known_series
+        )
         try:
             result = await storage.ingest_batch(batch)
         except StorageBusyError:

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Container, Sequence
 from typing import Any
 
 import msgpack
 import numpy as np
+import orjson
 
 from metricstore.batch import RowDecoder, SampleBatch
 from metricstore.errors import ValidationError
-from metricstore.models import Limits, parse_value
+from metricstore.models import Limits, SeriesKey, parse_value
 from metricstore.storage.results import SeriesResult
 from metricstore.times import (
     MAX_TIME_MS,
@@ -89,13 +90,17 @@ _MSGPACK_ERRORS: dict[type[Exception], str] = {
 
 
 def dumps_json(document: Any) -> str:
-    # allow_nan=False makes any float that escaped conversion an error here
-    # rather than an unparseable token at the client.
-    return json.dumps(document, allow_nan=False, separators=(",", ":"))
+    """Encode strict JSON; floats must be finite (see ``json_value``)."""
+    # orjson writes NaN and infinities as null rather than as tokens a
+    # strict parser rejects; encode_series turns them into strings first.
+    return orjson.dumps(document).decode()
 
 
 def decode_rows(
-    rows: object, limits: Limits, field: str = "metrics"
+    rows: object,
+    limits: Limits,
+    field: str = "metrics",
+    known: Container[SeriesKey] = frozenset(),
 ) -> tuple[SampleBatch, list[tuple[int, str]]]:
     """Validate rows ``{"name", "value", "timestamp", "labels"?, "unit"?}``.
 
@@ -109,7 +114,7 @@ def decode_rows(
             f"{field} has {len(rows)} rows, more than "
             f"max_samples_per_batch={limits.max_samples_per_batch}; split the batch"
         )
-    decoder = RowDecoder(limits)
+    decoder = RowDecoder(limits, known)
     for position, row in enumerate(rows):
         error = _decode_row(decoder, position, row)
         if error is not None:
@@ -170,27 +175,35 @@ def json_value(value: float) -> float | str:
     return value
 
 
-def encode_series(results: Iterable[SeriesResult]) -> list[dict[str, Any]]:
+def encode_series(results: Sequence[SeriesResult]) -> list[dict[str, Any]]:
     """Build the JSON shape of series results; times become RFC 3339 UTC strings."""
+    if not results:
+        return []
+    # One vectorized conversion for every point of every series.
+    times = np.concatenate([result.timestamps for result in results])
+    stamps = np.char.add(np.datetime_as_string(times.astype("datetime64[ms]"), unit="ms"), "Z")
+    all_values = np.concatenate([result.values for result in results])
+    values: list[float | str] = all_values.tolist()
+    for position in np.flatnonzero(~np.isfinite(all_values)).tolist():
+        values[position] = json_value(all_values[position])
+    stamp_list = stamps.tolist()
+
     encoded = []
+    start = 0
     for result in results:
-        stamps = np.datetime_as_string(result.timestamps.astype("datetime64[ms]"), unit="ms")
-        values = result.values
-        if np.isfinite(values).all():
-            plain: list[float | str] = values.tolist()
-        else:
-            plain = [json_value(value) for value in values.tolist()]
+        end = start + int(result.timestamps.size)
         encoded.append(
             {
                 "name": result.name,
                 "labels": result.labels,
                 "unit": result.unit,
                 "points": [
-                    {"timestamp": f"{stamp}Z", "value": value}
-                    for stamp, value in zip(stamps.tolist(), plain, strict=True)
+                    {"timestamp": stamp, "value": value}
+                    for stamp, value in zip(stamp_list[start:end], values[start:end], strict=True)
                 ],
             }
         )
+        start = end
     return encoded
 
 

@@ -126,7 +126,7 @@ class IngestSession:
 
     async def _store_rows(self, rows: object, seq: int) -> IngestResult:
         try:
-            batch, rejected = decode_rows(rows, self._limits)
+            batch, rejected = decode_rows(rows, self._limits, known=self._storage.known_series)
         except DecodeError as error:
             raise FrameError(str(error), seq) from None
         result = await self._storage.ingest_batch(batch)

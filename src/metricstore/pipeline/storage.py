@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from metricstore.actors.messages import (
 )
 from metricstore.batch import SampleBatch, SeriesDefinition
 from metricstore.errors import MetricstoreError, StorageUnavailableError
-from metricstore.models import Limits, RetentionPolicy
+from metricstore.models import Limits, RetentionPolicy, SeriesKey
 from metricstore.storage.base import (
     IngestResult,
     Rejection,
@@ -66,6 +66,13 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
         self._hub = hub
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
+        # Immutable facts learned from the index, cached so that repeated
+        # writes and reads do not carry series keys through the actors: a
+        # key's id and shard never change, and neither does an id's key.
+        # Every task of the server may read and fill them; no entry is
+        # ever changed once set.
+        self._id_of_key: dict[SeriesKey, tuple[int, int, str]] = {}
+        self._key_of_id: dict[int, SeriesKey] = {}
 
     @property
     def limits(self) -> Limits:
@@ -77,16 +84,51 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
 
     # -- writes --------------------------------------------------------------
 
+    @property
+    def known_series(self) -> Container[SeriesKey]:
+        return self._id_of_key
+
     async def ingest_batch(self, batch: SampleBatch) -> IngestResult:
-        message = {
-            "type": "ingest",
-            "series": [encode_key(d.key, d.unit) for d in batch.series],
-            "series_index": int_column(batch.series_index),
-            "timestamps": int_column(batch.timestamps),
-            "values": float_column(batch.values),
-            "positions": int_column(batch.positions),
-        }
-        return await self._send_ingest(message)
+        slot_ids = np.empty(len(batch.series), dtype=np.int64)
+        slot_shards = np.empty(len(batch.series), dtype=np.int64)
+        unknown: list[int] = []
+        for slot, definition in enumerate(batch.series):
+            cached = self._id_of_key.get(definition.key)
+            # A new unit must reach the index, which records it.
+            if cached is None or (definition.unit and definition.unit != cached[2]):
+                unknown.append(slot)
+            else:
+                slot_ids[slot], slot_shards[slot] = cached[0], cached[1]
+        errors: dict[int, str] = {}
+        if unknown:
+            ids, shards, unknown_errors = await self.resolve_series(
+                [batch.series[slot] for slot in unknown]
+            )
+            for position, slot in enumerate(unknown):
+                slot_ids[slot], slot_shards[slot] = ids[position], shards[position]
+                if position in unknown_errors:
+                    errors[slot] = unknown_errors[position]
+
+        series = slot_ids[batch.series_index] if batch.size else batch.series_index
+        known = series >= 0
+        rejected = [
+            Rejection(position, errors[slot])
+            for position, slot in zip(
+                batch.positions[~known].tolist(), batch.series_index[~known].tolist(), strict=True
+            )
+        ]
+        shards = slot_shards[batch.series_index] if batch.size else batch.series_index
+        result = await self.ingest_resolved(
+            series[known],
+            shards[known],
+            batch.timestamps[known],
+            batch.values[known],
+            batch.positions[known],
+        )
+        if rejected:
+            result.rejected.extend(rejected)
+            result.rejected.sort(key=lambda rejection: rejection.index)
+        return result
 
     async def resolve_series(
         self, definitions: list[SeriesDefinition]
@@ -96,7 +138,18 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
             {"type": "resolve", "series": [encode_key(d.key, d.unit) for d in definitions]},
         )
         errors = {int(slot): str(error) for slot, error in answer["errors"]}
-        return read_ints(answer["ids"]), read_ints(answer["shards"]), errors
+        ids, shards = read_ints(answer["ids"]), read_ints(answer["shards"])
+        if len(self._id_of_key) > 2 * self._limits.max_series:
+            # Bounds the caches under series churn; they refill on demand.
+            self._id_of_key.clear()
+            self._key_of_id.clear()
+        for definition, series_id, shard in zip(
+            definitions, ids.tolist(), shards.tolist(), strict=True
+        ):
+            if series_id >= 0:
+                self._id_of_key[definition.key] = (series_id, shard, definition.unit)
+                self._key_of_id[series_id] = definition.key
+        return ids, shards, errors
 
     async def ingest_resolved(
         self,
@@ -142,18 +195,31 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
 
     async def _read(self, message: Message) -> list[SeriesResult]:
         answer = await self._call(self._query, message)
+        ids = read_ints(answer["ids"])
         counts = read_ints(answer["counts"])
         timestamps = read_ints(answer["timestamps"])
         values = read_floats(answer["values"])
-        ends = np.cumsum(counts).tolist()
+        present = counts > 0
+        keys = await self._keys_of(ids[present])
+        ends = np.cumsum(counts)[present].tolist()
+        units = [unit for unit, keep in zip(answer["units"], present.tolist(), strict=True) if keep]
         results = []
-        start = 0
-        for encoded, end in zip(answer["series"], ends, strict=True):
-            if end > start:
-                key, unit = decode_key(encoded)
-                results.append(SeriesResult(key, unit, timestamps[start:end], values[start:end]))
-            start = end
+        for key, unit, end, count in zip(keys, units, ends, counts[present].tolist(), strict=True):
+            start = end - count
+            results.append(SeriesResult(key, unit, timestamps[start:end], values[start:end]))
         return results
+
+    async def _keys_of(self, ids: npt.NDArray[np.int64]) -> list[SeriesKey]:
+        """Return the keys of series ids, asking the index for those not cached."""
+        cache = self._key_of_id
+        missing = [i for i in ids.tolist() if i not in cache]
+        if missing:
+            answer = await self._call(
+                self._index, {"type": "keys", "ids": int_column(np.array(missing, np.int64))}
+            )
+            for series_id, encoded in zip(missing, answer["series"], strict=True):
+                cache[series_id] = decode_key(encoded)[0]
+        return [cache[i] for i in ids.tolist()]
 
     async def read_series(
         self,

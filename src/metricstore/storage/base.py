@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from metricstore.batch import SampleBatch, SeriesDefinition, batch_from_metric_values
 from metricstore.errors import ValidationError
-from metricstore.models import Limits, MetricValue
+from metricstore.models import Limits, MetricValue, SeriesKey
 from metricstore.storage.matchers import Matcher
 from metricstore.storage.results import AGGREGATIONS, Aggregation, SeriesResult
 from metricstore.times import datetime_to_ms, ms_to_datetime
@@ -47,7 +47,7 @@ class TimeSeriesStorage(ABC):
 
         Rejections carry each sample's index in ``metrics``.
         """
-        batch, rejected = batch_from_metric_values(metrics, self.limits)
+        batch, rejected = batch_from_metric_values(metrics, self.limits, self.known_series)
         result = await self.ingest_batch(batch)
         result.rejected.extend(Rejection(index, error) for index, error in rejected)
         result.rejected.sort(key=lambda rejection: rejection.index)
@@ -78,6 +78,11 @@ class TimeSeriesStorage(ABC):
     @property
     @abstractmethod
     def limits(self) -> Limits: ...
+
+    @property
+    def known_series(self) -> Container[SeriesKey]:
+        """Keys of series this storage validated before; input decoders skip them."""
+        return frozenset()
 
     @abstractmethod
     async def ingest_batch(self, batch: SampleBatch) -> IngestResult:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,11 @@ class SeriesIndex:
     @property
     def total_ids(self) -> int:
         return len(self.keys)
+
+    @property
+    def known(self) -> Container[SeriesKey]:
+        """Every key that has an id; all were validated when created."""
+        return self._id_by_key
 
     def lookup(self, key: SeriesKey) -> int | None:
         return self._id_by_key.get(key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from metricstore.batch import SampleBatch, SeriesDefinition
 from metricstore.errors import ValidationError
-from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy
+from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy, SeriesKey
 from metricstore.storage.aggregate import aggregate_range, aggregate_whole
 from metricstore.storage.base import (
     IngestResult,
@@ -64,6 +64,10 @@ class InMemoryTimeSeriesStorage(TimeSeriesStorage):
     @property
     def limits(self) -> Limits:
         return self._limits
+
+    @property
+    def known_series(self) -> Container[SeriesKey]:
+        return self._index.known
 
     def _now_ms(self) -> int:
         now_ms = round(self._clock() * 1000)
