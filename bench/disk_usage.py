@@ -7,7 +7,7 @@ million samples):
 - metricstore: every scrape is written through ``FileTimeSeriesStorage``
   (one ``ingest_batch`` per scrape, retention of 10 years and a clock at
   the end of the data, so nothing expires). The log's bytes per sample are
-  taken before ``flush()``, over the samples the log then holds (those
+  taken before ``flush()``, over the samples the log then contains (those
   since the last checkpoint). After ``flush()`` the sizes of
   ``shard-0/blocks/*.raw`` are summed and split per column from each
   file's header.
@@ -213,7 +213,8 @@ def promtool_version(promtool: str) -> str:
     done = subprocess.run(
         [promtool, "--version"], capture_output=True, text=True, timeout=30, check=False
     )
-    return (done.stdout or done.stderr).splitlines()[0] if (done.stdout or done.stderr) else "?"
+    output = (done.stdout or done.stderr).strip()
+    return output.splitlines()[0] if output else "unknown version"
 
 
 def measure_prometheus(
@@ -235,6 +236,7 @@ def measure_prometheus(
         check=False,
     )
     import_s = time.perf_counter() - started
+
     if done.returncode != 0:
         raise RuntimeError(f"promtool failed ({done.returncode}): {done.stderr[-2000:]}")
     text_bytes = text.stat().st_size
@@ -248,6 +250,7 @@ def measure_prometheus(
     index = sum((block / "index").stat().st_size for block in block_dirs)
     other = sum(directory_bytes(block, "*") for block in block_dirs) - index
     shutil.rmtree(blocks)
+
     expected = dataset.sample_count if ids is None else int(dataset.present[ids].sum())
     if samples != expected:
         raise RuntimeError(f"promtool stored {samples:,} samples, expected {expected:,}")
@@ -280,12 +283,12 @@ class Variant:
     layout: str = "shuffle"
     # Divide each decimal series' mantissa deltas by their GCD (one GCD per series).
     value_gcd: bool = False
+    # Shift each decimal series' mantissa deltas right by their common trailing zero bits.
+    value_shift: bool = False
     # Per decimal series, store delta-of-delta where it is smaller than delta.
     value_dod: bool = False
     # Float series: "xor" of consecutive bits, or "sub": integer difference of the bits.
     float_mode: str = "xor"
-    # Compress the time and value columns of integers that fit in 4 bytes as int32 planes.
-    narrow: bool = False
 
 
 VARIANTS = (
@@ -295,6 +298,7 @@ VARIANTS = (
     Variant("no byte shuffle", layout="plain"),
     Variant("zigzag LEB128 varint", layout="varint"),
     Variant("value GCD per series", value_gcd=True),
+    Variant("value power-of-two shift per series", value_shift=True),
     Variant("value delta-of-delta where smaller", value_dod=True),
     Variant("float bits: subtract, not XOR", float_mode="sub"),
     Variant("GCD + dod + level 9", level=9, value_gcd=True, value_dod=True),
@@ -421,6 +425,20 @@ def scratch_encode(
         deltas = np.where(is_first, deltas, deltas // per_gcd)
         extra["gcds"] = gcd
 
+    if variant.value_shift:
+        body = deltas.copy()
+        body[starts] = 0  # the first value of a series is stored whole
+        lowest = body & -body  # the lowest set bit, 0 for a zero delta
+        magnitude = np.abs(np.where(lowest != 0, lowest, 1)).astype(np.float64)
+        zeros = np.where(lowest != 0, np.log2(magnitude), 63)
+        shift = np.minimum.reduceat(zeros.astype(np.int64), starts)
+        shift = np.where((shift < 63) & (scales >= 0), shift, 0)
+        per_shift = np.repeat(shift, counts)
+        is_first = np.zeros(series.size, dtype=np.bool_)
+        is_first[starts] = True
+        deltas = np.where(is_first, deltas, deltas >> per_shift)
+        extra["shifts"] = shift
+
     bits = values.view(np.int64)
     if variant.float_mode == "xor":
         floats = bits.copy()
@@ -449,7 +467,7 @@ def fast_decimal_scales(values: Float64Array, starts: Int64Array, probe: int = 1
     """Return the same scales as ``_decimal_scales`` with one full pass in the common case.
 
     The smallest exact scale of a series' first ``probe`` values is a lower
-    bound for the whole series, and is the answer when every value is exact
+    bound for the whole series, and is its scale when every value is exact
     at it; one pass checks that. Series that fail the check (a later value
     needs more decimals) are searched in full, as the codec does.
     """
@@ -485,7 +503,7 @@ def codec_speed(dataset: ContainerDataset, repeat: int = 3) -> dict[str, float]:
     block = RawBlock(series, timestamps, values)
     starts = block.offsets[:-1]
 
-    def best(function: Callable[[], object]) -> float:
+    def median_seconds(function: Callable[[], object]) -> float:
         times = []
         for _ in range(repeat):
             started = time.perf_counter()
@@ -500,11 +518,12 @@ def codec_speed(dataset: ContainerDataset, repeat: int = 3) -> dict[str, float]:
         raise RuntimeError("fast_decimal_scales disagrees with the codec's search")
     samples = series.size
     return {
-        "encode_raw_samples_per_s": samples / best(lambda: encode_raw(block)),
-        "decode_raw_samples_per_s": samples / best(lambda: decode_raw(data)),
-        "decimal_scales_samples_per_s": samples / best(lambda: _decimal_scales(values, starts)),
+        "encode_raw_samples_per_s": samples / median_seconds(lambda: encode_raw(block)),
+        "decode_raw_samples_per_s": samples / median_seconds(lambda: decode_raw(data)),
+        "decimal_scales_samples_per_s": samples
+        / median_seconds(lambda: _decimal_scales(values, starts)),
         "fast_decimal_scales_samples_per_s": samples
-        / best(lambda: fast_decimal_scales(values, starts)),
+        / median_seconds(lambda: fast_decimal_scales(values, starts)),
     }
 
 
@@ -628,13 +647,17 @@ def format_report(report: dict[str, Any]) -> str:
             "of the whole set, then of each kind alone):",
         ]
         lines.append(
-            f"{'variant':<36}{'all':>7}{'change':>8}" + "".join(f"{kind[:9]:>10}" for kind in KINDS)
+            f"{'variant':<36}{'all':>7}{'change':>8}{'encode s':>9}"
+            + "".join(f"{kind[:9]:>10}" for kind in KINDS)
         )
         base_all = sum(base["all"].values())
         for name, result in experiments.items():
             groups = result["groups"]
             total = sum(groups["all"].values())
-            row = f"{name:<36}{total / all_samples:>7.3f}{(total - base_all) / base_all:>+8.1%}"
+            row = (
+                f"{name:<36}{total / all_samples:>7.3f}{(total - base_all) / base_all:>+8.1%}"
+                f"{result['seconds']:>9.2f}"
+            )
             for kind in KINDS:
                 n = kinds[kind]["samples"]
                 row += f"{sum(groups[kind].values()) / n:>10.3f}"

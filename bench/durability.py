@@ -13,13 +13,16 @@ temporary and deleted afterwards.
   ``--warmup-frames`` untimed frames and then ``--frames`` timed frames, so
   every mode stores the same samples and pays for the same head cuts,
   checkpoints and block merges. Modes: ``--in-memory`` and ``--data-dir
-  TMP --fsync batch|interval|off``, interleaved run by run; the median
-  samples/s of each mode is reported with its ratio to in-memory, the
-  samples per second of server CPU, and "other CPU": CPU time that neither
-  the server nor this client used during the run (other processes on the
+  TMP --fsync batch|interval|off``, interleaved run by run. Each mode's
+  median samples/s is reported with its ratio to in-memory and the samples
+  per second of server CPU. "other CPU" is the CPU time that neither the
+  server nor this client used during the run (other processes on the
   machine), as a share of one core. Target: the default fsync mode
   (batch) keeps at least 50% of the in-memory rate. ``--profile-dir``
   records each mode's first run with py-spy (see ``pyspy_summary.py``).
+  NOTE: the durable modes slow down as a run grows, because each
+  checkpoint encodes and writes the block that the head was merged into,
+  and merged blocks grow. Compare runs of equal ``--frames`` only.
 - ``recovery``: for each ``--recovery-samples`` size, a server with a data
   directory is filled over the WebSocket (``--fsync batch``), then killed
   with SIGKILL, as a crash would; most samples are then in block files and
@@ -93,7 +96,7 @@ MODES = {
 DEFAULT_MODE = "fsync batch"
 INGEST_TARGET = 0.5
 RECOVERY_TARGET = 1_000_000
-# Most seconds one timed stream of frames may take.
+# Maximum seconds one timed stream of frames may take.
 RUN_TIMEOUT_S = 300.0
 Logger = Callable[[str], None]
 SHARD_LINE = re.compile(
@@ -209,6 +212,7 @@ def run_ingest(args: argparse.Namespace, log: Logger) -> dict[str, Any]:
     dataset = dataset_for(INGEST_SERIES, total, start_ms)
     frames = build_frames(dataset, INGEST_SERIES, total)
     log(f"ingest: built {total} frames in {time.perf_counter() - started:.1f}s")
+
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
     for number in range(args.runs):
         for mode in args.modes:
@@ -255,6 +259,7 @@ def run_ingest(args: argparse.Namespace, log: Logger) -> dict[str, Any]:
                 f"({run['frames']} frames in {run['elapsed_s']:.2f}s"
                 f"{'' if run['clean'] else ', NOT CLEAN: ' + run['first_problem']})"
             )
+
     summary: dict[str, Any] = {}
     for mode, mode_runs in runs.items():
         rates = [run["samples_per_s"] for run in mode_runs]
@@ -409,7 +414,10 @@ async def load_series(base_url: str, frames: Frames, settle_s: float) -> dict[st
 
 
 def series_frames(dataset: ContainerDataset, first: int, count: int) -> Frames:
-    """One sample for each of series ``first`` .. ``first + count``, in frames of 10,000."""
+    """Build frames with one sample for each of series ``first`` .. ``first + count``.
+
+    The sample frames carry 10,000 samples each, the last one the rest.
+    """
     ids = np.arange(first, first + count, dtype=np.int64)
     defines = []
     for chunk_start in range(0, count, DEFINE_CHUNK):
@@ -554,13 +562,15 @@ def format_report(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["ingest", "recovery", "memory", "all"], default="all")
+
     parser.add_argument("--runs", type=int, default=5, help="ingest runs per mode")
     parser.add_argument("--frames", type=int, default=300, help="timed frames per ingest run")
     parser.add_argument("--warmup-frames", type=int, default=20, help="untimed frames per run")
-    parser.add_argument("--window", type=int, default=8, help="most frames awaiting an ack")
+    parser.add_argument("--window", type=int, default=8, help="maximum frames awaiting an ack")
     parser.add_argument(
         "--modes", nargs="+", choices=list(MODES), default=list(MODES), help="ingest modes"
     )
+
     parser.add_argument(
         "--recovery-samples",
         type=int,
@@ -569,6 +579,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="samples to recover, one data directory each",
     )
     parser.add_argument("--recovery-restarts", type=int, default=3, help="restarts per size")
+
     parser.add_argument(
         "--memory-series", type=int, nargs="+", default=[10_000, 100_000], help="series to add"
     )
@@ -579,6 +590,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=["in-memory", DEFAULT_MODE],
         help="server modes for the memory part",
     )
+
     parser.add_argument(
         "--profile-dir",
         help="record the server of each mode's first ingest run with py-spy into "
@@ -586,6 +598,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+
     if not 1 <= args.runs <= 20 or not 1 <= args.frames <= 2_000 or args.warmup_frames < 0:
         parser.error("--runs in 1..20, --frames in 1..2000, --warmup-frames >= 0")
     if not 1 <= args.window <= 64 or not 1 <= args.recovery_restarts <= 10:

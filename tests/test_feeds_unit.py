@@ -46,7 +46,9 @@ def test_matcher_semantics(op: str, value: str, expected: list[bool]) -> None:
         ({"label": "c", "op": "==", "value": "x"}, "must be one of =, !=, =~, !~"),
         ({"label": "1c", "op": "=", "value": "x"}, "label name must match"),
         ({"label": "c", "op": "=~", "value": "(unclosed"}, "invalid regex"),
-        ({"label": "c", "op": "=", "value": 5}, "must be a string"),
+        ({"label": "c", "op": "=", "value": 5}, "must be a valid UTF-8 string"),
+        ({"label": "c", "op": "=", "value": "\ud800"}, "must be a valid UTF-8 string"),
+        ({"label": "__name__", "op": "=", "value": "x"}, "reserved"),
         ({"label": "c", "value": "x", "extra": 1}, "unknown matcher field"),
         ("c=x", "a matcher must be"),
     ],
@@ -163,3 +165,11 @@ async def test_hub_matches_new_series(autojump_clock: trio.testing.MockClock) ->
         batch = await buffer.get()
         assert batch.samples[0].values.tolist() == [1.0, 4.0]
         assert batch.samples[0].keys == [key(c="web-1"), key(c="web-2")]
+
+
+def test_regex_is_linear_time() -> None:
+    # With backtracking regexes this pattern takes exponential time on such
+    # a value; RE2 answers at once.
+    matcher = Matcher.parse({"label": "x", "op": "=~", "value": "(a+)+b"})
+    assert matches_key(key(x="a" * 2048), [matcher]) is False
+    assert matches_key(key(x="a" * 2047 + "b"), [matcher]) is True

@@ -324,11 +324,11 @@ BAD_ROWS: dict[str, tuple[RowBuilder, list[str]]] = {
     ),
     "label-number": (
         with_fields(labels={"host": 5}),
-        ["invalid labels.host 5", "a label value must be a string"],
+        ["invalid labels.host 5", "a label value must be a valid UTF-8 string"],
     ),
     "label-list": (
         with_fields(labels={"host": ["a"]}),
-        ["invalid labels.host ['a']", "a label value must be a string"],
+        ["invalid labels.host ['a']", "a label value must be a valid UTF-8 string"],
     ),
     "labels-list": (with_fields(labels=["host"]), ["invalid labels", "must be an object"]),
     "labels-many": (
@@ -339,7 +339,7 @@ BAD_ROWS: dict[str, tuple[RowBuilder, list[str]]] = {
         with_fields(labels={"host": "v" * 2049}),
         ["invalid labels.host", "max_label_value_length=2048"],
     ),
-    "unit-number": (with_fields(unit=5), ["invalid unit 5", "a unit must be a string"]),
+    "unit-number": (with_fields(unit=5), ["invalid unit 5", "a unit must be a valid UTF-8 string"]),
     "value-text": (with_fields(value="abc"), ["invalid value 'abc'", "must be a number"]),
     "value-null": (with_fields(value=None), ["invalid value None", "must be a number"]),
     "value-bool": (with_fields(value=True), ["invalid value True", "not a boolean"]),

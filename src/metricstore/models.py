@@ -36,6 +36,15 @@ class MetricValue:
         return series_key(self.name, self.labels)
 
 
+def is_utf8(text: str) -> bool:
+    """Tell whether a string can be encoded as UTF-8 (it has no lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def series_key(name: str, labels: dict[str, str]) -> SeriesKey:
     return (name, tuple(sorted(labels.items())))
 
@@ -93,8 +102,8 @@ def validate_series(
 
     if unit is None:
         unit = ""
-    if not isinstance(unit, str):
-        raise ValidationError("unit", unit, "a unit must be a string")
+    if not isinstance(unit, str) or not is_utf8(unit):
+        raise ValidationError("unit", unit, "a unit must be a valid UTF-8 string")
     if len(unit) > limits.max_unit_length:
         raise ValidationError("unit", unit, f"longer than max_unit_length={limits.max_unit_length}")
     return name, labels, unit
@@ -113,8 +122,10 @@ def _validate_label(label_name: object, label_value: object, limits: Limits) -> 
             label_name,
             f"label name longer than max_label_name_length={limits.max_label_name_length}",
         )
-    if not isinstance(label_value, str):
-        raise ValidationError(f"labels.{label_name}", label_value, "a label value must be a string")
+    if not isinstance(label_value, str) or not is_utf8(label_value):
+        raise ValidationError(
+            f"labels.{label_name}", label_value, "a label value must be a valid UTF-8 string"
+        )
     if not label_value:
         # Prometheus treats an empty label value as an absent label; storing
         # it would create two names for one series.

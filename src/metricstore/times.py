@@ -30,15 +30,21 @@ _DURATION_UNITS_MS = {
 _DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _NUMBER_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
-# RFC 3339 requires an offset. Python's parser also accepts a missing one,
-# which would silently mean local time, so the offset is checked first.
-_RFC3339_OFFSET_RE = re.compile(r"(Z|z|[+-]\d\d:\d\d)$")
+# RFC 3339 date-time with a required offset. Python's parser also accepts
+# a missing offset (which would silently mean local time) and other ISO 8601
+# forms, so the text is matched against the RFC's grammar first.
+_RFC3339_RE = re.compile(
+    r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)"
+)
 
 # The times that can be written back as RFC 3339 (years 1 to 9999, with a
 # day of margin for offsets). Every input path rejects times outside them.
 MIN_TIME_MS = int(datetime(1, 1, 2, tzinfo=UTC).timestamp() * 1000)
 MAX_TIME_MS = int(datetime(9999, 12, 30, tzinfo=UTC).timestamp() * 1000)
 TIME_RANGE_RULE = "outside the supported range 0001-01-02T00:00:00Z to 9999-12-30T00:00:00Z"
+# The longest duration: the whole supported time range.
+MAX_DURATION_MS = MAX_TIME_MS - MIN_TIME_MS
+_DURATION_RANGE_RULE = "a duration must be a finite number of seconds within 9998 years"
 
 
 def datetime_to_ms(value: datetime) -> int:
@@ -69,12 +75,17 @@ def format_rfc3339(ms: int) -> str:
     """
     if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
         return f"{ms} ms since the epoch"
-    return ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # isoformat pads the year to four digits, unlike strftime's %Y on Linux.
+    return ms_to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def seconds_to_ms(seconds: float, field: str) -> int:
     if not math.isfinite(seconds):
         raise ValidationError(field, seconds, "a time must be a finite number of Unix seconds")
+    if not MIN_TIME_MS <= seconds * 1000 <= MAX_TIME_MS:
+        raise ValidationError(
+            field, seconds, "Unix seconds out of range: give seconds, not milliseconds"
+        )
     ms = round(seconds * 1000)
     if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
         raise ValidationError(
@@ -103,14 +114,14 @@ def parse_time(value: object, field: str) -> int:
     text = value.strip()
     if _NUMBER_RE.fullmatch(text):
         return seconds_to_ms(float(text), field)
-    if "T" not in text.upper() or not _RFC3339_OFFSET_RE.search(text):
+    if not _RFC3339_RE.fullmatch(text):
         raise ValidationError(
             field,
             value,
             "a time must be RFC 3339 with an offset (e.g. 2023-11-14T22:13:20Z) or Unix seconds",
         )
     try:
-        parsed = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text.upper())
         ms = datetime_to_ms(parsed)
     except (ValueError, OverflowError):
         raise ValidationError(
@@ -122,7 +133,7 @@ def parse_time(value: object, field: str) -> int:
 
 
 def parse_duration(value: object, field: str) -> int:
-    """Parse a duration into milliseconds; it must be positive.
+    """Parse a duration into milliseconds; it must be positive and at most MAX_DURATION_MS.
 
     Accepts the Prometheus syntax (``90s``, ``5m``, ``1h30m``, ``500ms``),
     a number of seconds (``15``, ``15.5``) or a ``timedelta``.
@@ -130,8 +141,8 @@ def parse_duration(value: object, field: str) -> int:
     if isinstance(value, timedelta):
         ms = timedelta_to_ms(value)
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ValidationError(field, value, "a duration must be a finite number of seconds")
+        if not math.isfinite(value) or abs(value) * 1000 > MAX_DURATION_MS:
+            raise ValidationError(field, value, _DURATION_RANGE_RULE)
         ms = round(value * 1000)
     elif isinstance(value, str):
         ms = _parse_duration_text(value.strip(), field)
@@ -139,22 +150,31 @@ def parse_duration(value: object, field: str) -> int:
         raise ValidationError(field, value, "a duration must look like 90s, 5m, 1h30m or 15")
     if ms <= 0:
         raise ValidationError(field, value, "a duration must be positive")
+    if ms > MAX_DURATION_MS:
+        raise ValidationError(field, value, _DURATION_RANGE_RULE)
     return ms
 
 
 def _parse_duration_text(text: str, field: str) -> int:
     if _NUMBER_RE.fullmatch(text):
         seconds = float(text)
-        if not math.isfinite(seconds):
-            raise ValidationError(field, text, "a duration must be a finite number of seconds")
+        if not math.isfinite(seconds) or abs(seconds) * 1000 > MAX_DURATION_MS:
+            raise ValidationError(field, text, _DURATION_RANGE_RULE)
         return round(seconds * 1000)
 
     total = 0
     position = 0
+    previous_unit = math.inf
     for match in _DURATION_RE.finditer(text):
-        if match.start() != position:
+        unit_ms = _DURATION_UNITS_MS[match.group(2)]
+        # As in Prometheus, units come largest first and each at most once.
+        if match.start() != position or unit_ms >= previous_unit:
+            position = -1
             break
-        total += int(match.group(1)) * _DURATION_UNITS_MS[match.group(2)]
+        if len(match.group(1)) > 20:
+            raise ValidationError(field, text, _DURATION_RANGE_RULE)
+        total += int(match.group(1)) * unit_ms
+        previous_unit = unit_ms
         position = match.end()
     if position != len(text) or not text:
         raise ValidationError(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from metricstore.actors.feed import FeedBuffer
@@ -54,28 +55,31 @@ class Rollup:
 
 @dataclass(slots=True)
 class Selector:
-    """A metric name and matchers, with the verdict for each series id seen."""
+    """A metric name and matchers, with the verdict for each series of that metric.
+
+    Verdicts are indexed by a series' position among the series of its
+    metric, so a selector costs one byte per series of its own metric.
+    """
 
     metric: str
     matchers: tuple[Matcher, ...]
-    # Per series id: 1 matches, 0 does not, -1 not decided yet.
-    verdicts: Int64Array = field(default_factory=lambda: np.full(0, -1, dtype=np.int64))
+    # Per series of the metric: 1 matches, 0 does not, -1 not decided yet.
+    verdicts: npt.NDArray[np.int8] = field(default_factory=lambda: np.full(0, -1, np.int8))
     subscriptions: set[int] = field(default_factory=set)
 
-    def decide(self, series_ids: Int64Array, keys: dict[int, SeriesKey]) -> None:
-        if series_ids.size == 0:
-            return
-        size = int(series_ids.max()) + 1
+    def decide(
+        self, series_ids: Int64Array, positions: Int64Array, keys: dict[int, SeriesKey]
+    ) -> None:
+        size = int(positions.max()) + 1
         if size > self.verdicts.size:
-            grown = np.full(max(size, self.verdicts.size * 2), -1, dtype=np.int64)
+            grown = np.full(max(size, self.verdicts.size * 2), -1, dtype=np.int8)
             grown[: self.verdicts.size] = self.verdicts
             self.verdicts = grown
-        undecided = series_ids[self.verdicts[series_ids] < 0]
-        for series_id in np.unique(undecided).tolist():
-            key = keys[series_id]
-            self.verdicts[series_id] = int(
-                key[0] == self.metric and matches_key(key, self.matchers)
-            )
+        undecided = self.verdicts[positions] < 0
+        for series_id, position in zip(
+            series_ids[undecided].tolist(), positions[undecided].tolist(), strict=True
+        ):
+            self.verdicts[position] = int(matches_key(keys[series_id], self.matchers))
 
 
 @dataclass(slots=True)
@@ -102,6 +106,12 @@ class HubActor:
         self._index = index
         self._clock = clock
         self._keys: dict[int, SeriesKey] = {}
+        # Per series id: a number for its metric name, and its position
+        # among that metric's series (-1 while unknown).
+        self._metric_codes: dict[str, int] = {}
+        self._metric_sizes: list[int] = []
+        self._code_of: Int64Array = np.full(0, -1, dtype=np.int64)
+        self._position_of: Int64Array = np.full(0, -1, dtype=np.int64)
         self._selectors: dict[tuple[str, tuple[Matcher, ...]], Selector] = {}
         self._subscriptions: dict[int, Subscription] = {}
         self._next_token = 1
@@ -116,7 +126,13 @@ class HubActor:
             async with inbox, trio.open_nursery() as nursery:
                 nursery.start_soon(self._tick)
                 async for envelope in inbox:
-                    await self._handle(envelope)
+                    try:
+                        await self._handle(envelope)
+                    except Exception:
+                        # Feeds are best effort: a bad message costs its own
+                        # delivery, never the hub and with it the server.
+                        logger.exception("hub failed to handle a message")
+                        await reply(envelope, {"error": "internal error in the subscription hub"})
                 nursery.cancel_scope.cancel()
         finally:
             for subscription in self._subscriptions.values():
@@ -184,28 +200,55 @@ class HubActor:
         series = read_ints(message["ids"])
         timestamps = read_ints(message["timestamps"])
         values = read_floats(message["values"])
-        await self._learn_keys(series)
-        for selector in self._selectors.values():
-            selector.decide(series, self._keys)
-            mask = selector.verdicts[series] == 1
-            if not mask.any():
+        if not await self._learn_keys(series):
+            return
+        codes = self._code_of[series]
+        for (metric, _), selector in self._selectors.items():
+            code = self._metric_codes.get(metric)
+            if code is None:
                 continue
-            matched = (series[mask], timestamps[mask], values[mask])
+            rows = np.flatnonzero(codes == code)
+            if rows.size == 0:
+                continue
+            positions = self._position_of[series[rows]]
+            selector.decide(series[rows], positions, self._keys)
+            rows = rows[selector.verdicts[positions] == 1]
+            if rows.size == 0:
+                continue
+            matched = (series[rows], timestamps[rows], values[rows])
             for token in selector.subscriptions:
                 self._offer(self._subscriptions[token], *matched)
 
-    async def _learn_keys(self, series: Int64Array) -> None:
-        unknown = [i for i in np.unique(series).tolist() if i not in self._keys]
+    async def _learn_keys(self, series: Int64Array) -> bool:
+        """Learn the keys of unseen series ids; False if the index could not say."""
+        size = int(series.max()) + 1 if series.size else 0
+        if size > self._code_of.size:
+            grown = max(size, self._code_of.size * 2)
+            self._code_of = np.concatenate(
+                (self._code_of, np.full(grown - self._code_of.size, -1, np.int64))
+            )
+            self._position_of = np.concatenate(
+                (self._position_of, np.full(grown - self._position_of.size, -1, np.int64))
+            )
+        unknown = np.unique(series[self._code_of[series] < 0]).tolist()
         if not unknown:
-            return
+            return True
         try:
             answer = await send_request(
                 self._index, {"type": "keys", "ids": int_column(np.array(unknown, np.int64))}
             )
         except MetricstoreError:
-            return
+            return False
         for series_id, encoded in zip(unknown, answer["series"], strict=True):
-            self._keys[series_id] = decode_key(encoded)[0]
+            key = decode_key(encoded)[0]
+            self._keys[series_id] = key
+            code = self._metric_codes.setdefault(key[0], len(self._metric_codes))
+            if code == len(self._metric_sizes):
+                self._metric_sizes.append(0)
+            self._code_of[series_id] = code
+            self._position_of[series_id] = self._metric_sizes[code]
+            self._metric_sizes[code] += 1
+        return True
 
     def _offer(
         self,

@@ -27,6 +27,7 @@ from metricstore.times import (
     parse_time,
 )
 
+_YEAR_1000_MS = -30_610_224_000_000
 ROW_FIELDS = frozenset({"name", "value", "timestamp", "labels", "unit"})
 _REQUIRED_ROW_FIELDS = ("name", "value", "timestamp")
 
@@ -181,12 +182,16 @@ def encode_series(results: Sequence[SeriesResult]) -> list[dict[str, Any]]:
         return []
     # One vectorized conversion for every point of every series.
     times = np.concatenate([result.timestamps for result in results])
-    stamps = np.char.add(np.datetime_as_string(times.astype("datetime64[ms]"), unit="ms"), "Z")
+    if times.size and times.min() < _YEAR_1000_MS:
+        # numpy writes years before 1000 without zero padding.
+        stamp_list = [format_rfc3339(ms) for ms in times.tolist()]
+    else:
+        stamps = np.datetime_as_string(times.astype("datetime64[ms]"), unit="ms")
+        stamp_list = np.char.add(stamps, "Z").tolist()
     all_values = np.concatenate([result.values for result in results])
     values: list[float | str] = all_values.tolist()
     for position in np.flatnonzero(~np.isfinite(all_values)).tolist():
         values[position] = json_value(all_values[position])
-    stamp_list = stamps.tolist()
 
     encoded = []
     start = 0

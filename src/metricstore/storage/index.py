@@ -30,6 +30,10 @@ class SeriesIndex:
         self.units: list[str] = []
         self._active: list[bool] = []
         self._active_count = 0
+        # Ids that have never had a sample; they count towards max_series
+        # too, so rejected or unused definitions cannot grow the index
+        # without bound.
+        self._never_active: set[int] = set()
         # Postings: the ids of active series per metric name and per label pair.
         self._by_name: dict[str, set[int]] = defaultdict(set)
         self._by_label: dict[tuple[str, str], set[int]] = defaultdict(set)
@@ -59,7 +63,8 @@ class SeriesIndex:
         stored, so a series whose every sample was rejected lists nowhere.
         A non-empty ``unit`` replaces the series' unit, since the unit is
         metadata and not identity. Raises ValidationError when a new series
-        would pass ``max_series`` active series.
+        would pass ``max_series`` series, counting those with samples and
+        those that never had one.
         """
         series_id = self._id_by_key.get(key)
         if series_id is not None:
@@ -67,7 +72,7 @@ class SeriesIndex:
                 self.units[series_id] = unit
             return series_id, False
 
-        if self._active_count >= self._limits.max_series:
+        if self._active_count + len(self._never_active) >= self._limits.max_series:
             raise ValidationError(
                 "series",
                 key[0],
@@ -78,9 +83,11 @@ class SeriesIndex:
         self._id_by_key[key] = series_id
         self.keys.append(key)
         self.units.append(unit)
-        # NOTE: ids of series that never stored a sample are kept (a few
-        # dozen bytes each) and do not count towards max_series.
+        # NOTE: ids are never freed: a series that expires keeps its id (a
+        # few dozen bytes) so cached ids stay valid, and an id that never
+        # got a sample keeps counting towards max_series.
         self._active.append(False)
+        self._never_active.add(series_id)
         return series_id, True
 
     def activate(self, series_ids: list[int]) -> None:
@@ -89,6 +96,7 @@ class SeriesIndex:
                 continue
             self._active[series_id] = True
             self._active_count += 1
+            self._never_active.discard(series_id)
             self._update_postings(series_id, add=True)
 
     def deactivate(self, series_ids: list[int]) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2
+
 from metricstore.errors import ValidationError
-from metricstore.models import LABEL_NAME_RE, SeriesKey
+from metricstore.models import LABEL_NAME_RE, SeriesKey, is_utf8
 
 MATCH_OPS = ("=", "!=", "=~", "!~")
 # Longest regex a matcher may carry; longer patterns are more likely a
@@ -22,13 +23,14 @@ class Matcher:
 
     As in Prometheus, an absent label reads as the empty string, so
     ``container!="web"`` matches series without a container label, and
-    regexes are fully anchored.
+    regexes are fully anchored RE2 expressions: matching takes linear time,
+    so no pattern can stall the server on a long label value.
     """
 
     label: str
     op: str
     value: str
-    _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    _regex: re2._Regexp | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def parse(cls, data: object, field_name: str = "matchers") -> Matcher:
@@ -43,10 +45,16 @@ class Matcher:
             raise ValidationError(
                 f"{field_name}.label", label, "a label name must match [a-zA-Z_][a-zA-Z0-9_]*"
             )
+        if label.startswith("__"):
+            raise ValidationError(
+                f"{field_name}.label", label, "label names starting with __ are reserved"
+            )
         if op not in MATCH_OPS:
             raise ValidationError(f"{field_name}.op", op, f"must be one of {', '.join(MATCH_OPS)}")
-        if not isinstance(value, str):
-            raise ValidationError(f"{field_name}.value", value, "a matcher value must be a string")
+        if not isinstance(value, str) or not is_utf8(value):
+            raise ValidationError(
+                f"{field_name}.value", value, "a matcher value must be a valid UTF-8 string"
+            )
         regex = None
         if op in ("=~", "!~"):
             if len(value) > MAX_REGEX_LENGTH:
@@ -54,10 +62,10 @@ class Matcher:
                     f"{field_name}.value", value, f"regex longer than {MAX_REGEX_LENGTH} characters"
                 )
             try:
-                regex = re.compile(value)
-            except re.error as error:
+                regex = re2.compile(value)
+            except re2.error as error:
                 raise ValidationError(
-                    f"{field_name}.value", value, f"invalid regex: {error}"
+                    f"{field_name}.value", value, f"invalid regex: {_message(error)}"
                 ) from None
         return cls(label, op, value, regex)
 
@@ -72,6 +80,11 @@ class Matcher:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "op": self.op, "value": self.value}
+
+
+def _message(error: Exception) -> str:
+    text = error.args[0] if error.args else str(error)
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
 
 
 def matches_key(key: SeriesKey, matchers: Iterable[Matcher]) -> bool:
