@@ -628,7 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=1)
-    return 0
+    clean = all(entry["clean"] for entry in report.get("ingest", {}).get("modes", {}).values())
+    clean &= all(entry["complete"] for entry in report.get("recovery", {}).get("sizes", []))
+    clean &= all(entry["clean"] for entry in report.get("memory", {}).get("results", []))
+    if not clean:
+        print("FAILED: samples were rejected, not acknowledged or not recovered", file=sys.stderr)
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

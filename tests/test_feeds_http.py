@@ -338,9 +338,11 @@ async def test_shutdown_closes_feeds(nursery: trio.Nursery) -> None:
         await ws.send_message(json.dumps({"op": "subscribe", "id": "s", "metric": "cpu"}))
         assert (await receive_json(ws))["type"] == "snapshot"
         running.shutdown.set()
-        with pytest.raises(ConnectionClosed), trio.fail_after(10):
+        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
             while True:
                 await ws.get_message()
+        assert closed.value.reason.code == 1001
+        assert closed.value.reason.reason == "the server is shutting down"
 
 
 async def test_event_stream(server: RunningServer, client: httpx.AsyncClient, now_s: float) -> None:
@@ -423,3 +425,32 @@ async def test_client_raises_on_error(server: RunningServer) -> None:
         with pytest.raises(ClientError) as raised:
             await feed.__anext__()
         assert "already" in str(raised.value) or "open" in str(raised.value)
+
+
+async def test_shutdown_closes_ingest(nursery: trio.Nursery, now_s: float) -> None:
+    running = await start_server(nursery)
+    async with open_websocket_url(running.ws_url + "/ws/ingest") as ws:
+        row = {"name": "x", "value": 1, "timestamp": now_s}
+        await ws.send_message(json.dumps({"seq": 1, "metrics": [row]}))
+        assert json.loads(await ws.get_message())["accepted"] == 1
+        running.shutdown.set()
+        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
+            await ws.get_message()
+        assert closed.value.reason.code == 1001
+
+
+async def test_ingest_connection_cap(nursery: trio.Nursery) -> None:
+    config = ServerConfig(
+        policy=RetentionPolicy("t", timedelta(days=1)),
+        port=0,
+        self_scrape=False,
+        max_ingest_connections=1,
+    )
+    running = await start_server(nursery, config)
+    url = running.ws_url + "/ws/ingest"
+    async with open_websocket_url(url), open_websocket_url(url) as second:
+        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
+            await second.get_message()
+        assert closed.value.reason.code == 1013
+        assert "max_ingest_connections=1" in (closed.value.reason.reason or "")
+    running.shutdown.set()

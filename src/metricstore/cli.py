@@ -16,6 +16,7 @@ import trio
 from metricstore.actors.scraper import parse_scrape_target
 from metricstore.errors import DataDirectoryError, ValidationError
 from metricstore.http.feeds import FeedLimits
+from metricstore.http.ws_ingest import DEFAULT_MAX_INGEST_CONNECTIONS
 from metricstore.models import DEFAULT_LIMITS, RetentionPolicy
 from metricstore.server import DEFAULT_PORT, ServerConfig, run_server
 from metricstore.times import parse_duration
@@ -153,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="most live-feed connections (default %(default)s)",
     )
     serve.add_argument(
+        "--max-ingest-connections",
+        type=int,
+        default=DEFAULT_MAX_INGEST_CONNECTIONS,
+        help="most ingest WebSocket connections (default %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -183,6 +190,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ("--max-labels", args.max_labels),
         ("--feed-buffer", args.feed_buffer),
         ("--max-feed-connections", args.max_feed_connections),
+        ("--max-ingest-connections", args.max_ingest_connections),
     ):
         if value < 1:
             raise ValidationError(option, value, "must be at least 1")
@@ -208,6 +216,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         data_dir=None if args.in_memory else Path(args.data_dir),
         fsync=args.fsync,
         enable_admin_api=args.enable_admin_api,
+        max_ingest_connections=args.max_ingest_connections,
         fsync_interval_s=parse_duration(args.fsync_interval, "--fsync-interval") / 1000,
         feed_limits=FeedLimits(
             buffer_samples=args.feed_buffer,

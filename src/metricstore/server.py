@@ -15,6 +15,7 @@ from metricstore.actors.scraper import ScrapeTarget, run_scraper
 from metricstore.actors.shard import FsyncMode
 from metricstore.http.app import SELF_METRICS_PATH, create_app
 from metricstore.http.feeds import FeedLimits
+from metricstore.http.ws_ingest import DEFAULT_MAX_INGEST_CONNECTIONS
 from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
 from metricstore.telemetry import Telemetry
@@ -47,6 +48,7 @@ class ServerConfig:
     fsync_interval_s: float = 1.0
     # Serve POST /admin/flush.
     enable_admin_api: bool = False
+    max_ingest_connections: int = DEFAULT_MAX_INGEST_CONNECTIONS
 
 
 async def run_server(
@@ -81,6 +83,8 @@ async def run_server(
             ready=ready,
             feed_limits=config.feed_limits,
             enable_admin_api=config.enable_admin_api,
+            shutdown=shutdown,
+            max_ingest_connections=config.max_ingest_connections,
         )
         hypercorn = HypercornConfig()
         hypercorn.bind = [f"{_bracket(config.host)}:{config.port}"]
@@ -127,8 +131,12 @@ async def run_server(
             await shutdown.wait()
             # The scraper stops first: its keep-alive connection to our own
             # endpoint would otherwise hold HTTP shutdown for the full
-            # graceful timeout.
+            # graceful timeout. Live feeds close with 1001 and ingest
+            # connections (watching the same event) after their current
+            # frame, so HTTP has no long-lived connection left to wait for.
             scraper_scope.cancel()
+            with trio.move_on_after(GRACEFUL_TIMEOUT_S):
+                await storage.close_feeds()
             http_stop.set()
         logger.info("HTTP stopped; draining the pipeline")
     logger.info("metricstore stopped")

@@ -157,6 +157,10 @@ class HubActor:
         elif kind == "unsubscribe":
             self._unsubscribe(message["token"])
             await reply(envelope, {})
+        elif kind == "close_all":
+            for subscription in self._subscriptions.values():
+                subscription.buffer.close("the server is shutting down")
+            await reply(envelope, {})
         elif kind == "stats":
             await reply(envelope, {"subscriptions": len(self._subscriptions)})
         else:

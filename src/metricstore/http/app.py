@@ -13,7 +13,7 @@ from quart_trio import QuartTrio
 from metricstore.http.errors import json_response, register_app_error_handlers
 from metricstore.http.feeds import FeedLimits, FeedSource, create_feeds_blueprint
 from metricstore.http.rest import DEFAULT_MAX_RESPONSE_POINTS, create_metrics_router
-from metricstore.http.ws_ingest import create_ingest_blueprint
+from metricstore.http.ws_ingest import DEFAULT_MAX_INGEST_CONNECTIONS, create_ingest_blueprint
 from metricstore.query import QueryEngine
 from metricstore.storage.base import TimeSeriesStorage
 from metricstore.telemetry import Telemetry
@@ -32,12 +32,15 @@ def create_app(
     max_response_points: int = DEFAULT_MAX_RESPONSE_POINTS,
     feed_limits: FeedLimits | None = None,
     enable_admin_api: bool = False,
+    shutdown: trio.Event | None = None,
+    max_ingest_connections: int = DEFAULT_MAX_INGEST_CONNECTIONS,
 ) -> QuartTrio:
     """Build the app over ``storage``.
 
     ``/readyz`` answers 503 until ``ready`` is set (when given), so a load
     balancer waits for start-up to finish. ``enable_admin_api`` adds
-    ``POST /admin/flush``. Live feeds are served when the
+    ``POST /admin/flush``. When ``shutdown`` is set, ingest connections
+    close with 1001 after the frame they are storing. Live feeds are served when the
     storage supports subscriptions, as the server's actor pipeline does.
     """
     app = QuartTrio("metricstore")
@@ -51,7 +54,11 @@ def create_app(
     app.register_blueprint(
         create_metrics_router(engine, telemetry=telemetry, max_response_points=max_response_points)
     )
-    app.register_blueprint(create_ingest_blueprint(storage, telemetry))
+    app.register_blueprint(
+        create_ingest_blueprint(
+            storage, telemetry, shutdown=shutdown, max_connections=max_ingest_connections
+        )
+    )
     if hasattr(storage, "subscribe"):
         source = cast(FeedSource, storage)
         app.register_blueprint(create_feeds_blueprint(source, feed_limits, telemetry))

@@ -49,9 +49,12 @@ logger = logging.getLogger("metricstore.http.ws_ingest")
 CLOSE_TOO_BIG = 1009
 # An ack lists at most this many rejections; "rejected_total" gives the count.
 MAX_LISTED_REJECTIONS = 1000
-# How long a batch already handed to storage may take to be stored and
-# acknowledged when the server is shutting down.
-SHUTDOWN_ACK_TIMEOUT_S = 10.0
+# Close codes (RFC 6455): going away at shutdown, try again later when the
+# server has no room for another connection.
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_LATER = 1013
+# Most ingest WebSocket connections at once.
+DEFAULT_MAX_INGEST_CONNECTIONS = 1000
 
 _FRAME_FIELDS = frozenset(
     {"seq", "metrics", "define", "series", "series_index", "timestamps_ms", "values"}
@@ -335,46 +338,79 @@ def _merge(result: IngestResult, rejected: list[tuple[int, str]]) -> IngestResul
 
 
 def create_ingest_blueprint(
-    storage: TimeSeriesStorage, telemetry: Telemetry | None = None
+    storage: TimeSeriesStorage,
+    telemetry: Telemetry | None = None,
+    *,
+    shutdown: trio.Event | None = None,
+    max_connections: int = DEFAULT_MAX_INGEST_CONNECTIONS,
 ) -> Blueprint:
-    """Return a blueprint serving ``/ws/ingest`` over ``storage``."""
+    """Return a blueprint serving ``/ws/ingest`` over ``storage``.
+
+    When ``shutdown`` is set, each connection finishes the frame it is
+    storing, then closes with 1001.
+    """
     blueprint = Blueprint("ws_ingest", __name__)
     limits = storage.limits
+    open_connections = [0]
 
     @blueprint.websocket("/ws/ingest")
     async def ingest() -> None:
         await websocket.accept()
         peer = websocket.remote_addr
+        if open_connections[0] >= max_connections:
+            reason = f"too many ingest connections (max_ingest_connections={max_connections})"
+            logger.warning("rejecting ingest connection from %s: %s", peer, reason)
+            await websocket.close(CLOSE_TRY_LATER, reason)
+            return
+        open_connections[0] += 1
         session = IngestSession(storage, limits)
         logger.debug("ingest connection from %s opened", peer)
         if telemetry is not None:
             telemetry.websocket_connections.labels("ingest").inc()
         try:
-            while True:
-                frame = await websocket.receive()
-                binary = isinstance(frame, bytes)
-                # The limit counts bytes, but a text frame arrives decoded, and
-                # its UTF-8 form may be up to four times longer.
-                size = len(frame) if isinstance(frame, bytes) else _utf8_length(frame)
-                if size > limits.max_frame_bytes:
-                    reason = (
-                        f"frame of {size} bytes exceeds max_frame_bytes={limits.max_frame_bytes}"
-                    )
-                    logger.debug("closing ingest connection from %s: %s", peer, reason)
-                    await websocket.close(CLOSE_TOO_BIG, reason)
-                    return
-                # Once a frame is decoded its batch is stored and acked even if
-                # the server starts shutting down meanwhile.
-                with trio.CancelScope(shield=True):
-                    with trio.move_on_after(SHUTDOWN_ACK_TIMEOUT_S):
-                        reply = await _answer(session, frame, telemetry)
-                        await websocket.send(_encode(reply, binary))
+            async with trio.open_nursery() as nursery:
+                if shutdown is not None:
+                    nursery.start_soon(_cancel_on, shutdown, nursery.cancel_scope)
+                if await _serve_frames(session, peer, limits, telemetry):
+                    nursery.cancel_scope.cancel()
+            if shutdown is not None and shutdown.is_set():
+                # The frame in progress, if any, was stored and acked first.
+                await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
         finally:
+            open_connections[0] -= 1
             if telemetry is not None:
                 telemetry.websocket_connections.labels("ingest").dec()
             logger.debug("ingest connection from %s closed", peer)
 
     return blueprint
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _serve_frames(
+    session: IngestSession, peer: object, limits: Limits, telemetry: Telemetry | None
+) -> bool:
+    """Answer frames until the connection ends; True if it was closed for a big frame."""
+    while True:
+        frame = await websocket.receive()
+        binary = isinstance(frame, bytes)
+        # The limit counts bytes, but a text frame arrives decoded, and its
+        # UTF-8 form may be up to four times longer.
+        size = len(frame) if isinstance(frame, bytes) else _utf8_length(frame)
+        if size > limits.max_frame_bytes:
+            reason = f"frame of {size} bytes exceeds max_frame_bytes={limits.max_frame_bytes}"
+            logger.debug("closing ingest connection from %s: %s", peer, reason)
+            await websocket.close(CLOSE_TOO_BIG, reason)
+            return True
+        # A frame once received is stored and acked even when the server
+        # starts shutting down meanwhile: shutdown cancels only the wait
+        # for the next frame.
+        with trio.CancelScope(shield=True):
+            reply = await _answer(session, frame, telemetry)
+            await websocket.send(_encode(reply, binary))
 
 
 async def _answer(

@@ -285,6 +285,10 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
             raise MetricstoreError(answer["error"])
         return int(answer["token"])
 
+    async def close_feeds(self) -> None:
+        """Close every live feed, as the server does when it starts shutting down."""
+        await self._call(self._hub, {"type": "close_all"})
+
     async def unsubscribe(self, token: int) -> None:
         await self._call(self._hub, {"type": "unsubscribe", "token": token})
 
