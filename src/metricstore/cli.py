@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from metricstore.actors.scraper import parse_scrape_target
+from metricstore.actors.scraper import check_unique_targets, parse_scrape_target
 from metricstore.errors import DataDirectoryError, ValidationError
 from metricstore.http.feeds import FeedLimits
 from metricstore.http.ws_ingest import DEFAULT_MAX_INGEST_CONNECTIONS
@@ -22,6 +22,13 @@ from metricstore.server import DEFAULT_PORT, ServerConfig, run_server
 from metricstore.times import parse_duration
 
 logger = logging.getLogger("metricstore.cli")
+
+_POLICY_OPTIONS = {
+    "retention_period": "--retention",
+    "downsampling_interval": "--downsample",
+    "max_points_per_series": "--max-points",
+    "downsample_after": "--downsample-after",
+}
 
 _FEED_DEFAULTS = FeedLimits()
 
@@ -173,15 +180,28 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     downsample = None
     if args.downsample is not None:
         downsample = timedelta(milliseconds=parse_duration(args.downsample, "--downsample"))
-    policy = RetentionPolicy(
-        name="default",
-        retention_period=timedelta(milliseconds=parse_duration(args.retention, "--retention")),
-        downsampling_interval=downsample,
-        max_points_per_series=args.max_points,
-        downsample_after=timedelta(
-            milliseconds=parse_duration(args.downsample_after, "--downsample-after")
-        ),
-    )
+    try:
+        policy = RetentionPolicy(
+            name="default",
+            retention_period=timedelta(
+                milliseconds=parse_duration(args.retention, "--retention")
+            ),
+            downsampling_interval=downsample,
+            max_points_per_series=args.max_points,
+            downsample_after=timedelta(
+                milliseconds=parse_duration(args.downsample_after, "--downsample-after")
+            ),
+        )
+    except ValidationError as error:
+        # Name the option the user typed, not the policy field behind it.
+        option = _POLICY_OPTIONS.get(error.field, error.field)
+        raw = {
+            "--downsample": args.downsample,
+            "--max-points": args.max_points,
+            "--retention": args.retention,
+            "--downsample-after": args.downsample_after,
+        }.get(option, error.value)
+        raise ValidationError(option, raw, error.rule) from None
     for option, value in (
         ("--shards", args.shards),
         ("--max-body-bytes", args.max_body_bytes),
@@ -203,13 +223,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_series=args.max_series,
         max_labels_per_series=args.max_labels,
     )
+    scrape_targets = [parse_scrape_target(spec) for spec in args.scrape]
+    check_unique_targets(scrape_targets)
     return ServerConfig(
         policy=policy,
         host=args.host,
         port=args.port,
         shards=args.shards,
         limits=limits,
-        scrape_targets=[parse_scrape_target(spec) for spec in args.scrape],
+        scrape_targets=scrape_targets,
         scrape_interval_s=parse_duration(args.scrape_interval, "--scrape-interval") / 1000,
         self_scrape=not args.no_self_scrape,
         retention_interval_s=parse_duration(args.retention_interval, "--retention-interval") / 1000,

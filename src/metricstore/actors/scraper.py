@@ -161,7 +161,7 @@ async def run_scraper(
     instance, whose series would collide.
     """
     _check_schedule(interval_s, timeout_s)
-    _check_unique(targets)
+    check_unique_targets(targets)
     timeout_s = min(timeout_s, interval_s)
 
     logger.info(
@@ -186,7 +186,7 @@ def _check_schedule(interval_s: float, timeout_s: float) -> None:
             raise ValidationError(name, value, "must be a positive number of seconds")
 
 
-def _check_unique(targets: Sequence[ScrapeTarget]) -> None:
+def check_unique_targets(targets: Sequence[ScrapeTarget]) -> None:
     seen: dict[tuple[str, str], ScrapeTarget] = {}
     for target in targets:
         key = (target.job, target.instance)

@@ -9,7 +9,6 @@ after) are skipped, so no series goes back in time.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,7 +22,7 @@ from metricstore.errors import MetricstoreError, ValidationError
 from metricstore.http.errors import json_response
 from metricstore.http.params import QueryParams
 from metricstore.http.wire import DecodeError, dumps_json, json_value, loads_json, loads_msgpack
-from metricstore.models import METRIC_NAME_RE, SeriesKey
+from metricstore.models import DEFAULT_LIMITS, METRIC_NAME_RE, SeriesKey
 from metricstore.storage.base import check_aggregation
 from metricstore.storage.matchers import Matcher, equality_matchers
 from metricstore.storage.results import Aggregation, SeriesResult
@@ -38,7 +37,6 @@ logger = logging.getLogger("metricstore.http.feeds")
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_SLOW = 1008
 CLOSE_TRY_LATER = 1013
-_SUBSCRIPTION_ID_RE = re.compile(r"[^\x00-\x1f]{1,128}")
 
 
 class FeedSource(Protocol):
@@ -216,11 +214,20 @@ def parse_subscribe(message: dict[str, Any]) -> SubscribeRequest:
             "subscribe", sorted(map(str, unknown))[0], f"unknown field; expected {sorted(allowed)}"
         )
     name = message.get("id")
-    if not isinstance(name, str) or not _SUBSCRIPTION_ID_RE.fullmatch(name):
+    if not isinstance(name, str) or not 1 <= len(name) <= 128 or not name.isprintable():
         raise ValidationError("id", name, "an id must be a string of 1 to 128 printable characters")
     metric = message.get("metric")
-    if not isinstance(metric, str) or not METRIC_NAME_RE.fullmatch(metric):
-        raise ValidationError("metric", metric, "a metric name must match [a-zA-Z_:][a-zA-Z0-9_:]*")
+    if (
+        not isinstance(metric, str)
+        or not METRIC_NAME_RE.fullmatch(metric)
+        or len(metric) > DEFAULT_LIMITS.max_metric_name_length
+    ):
+        raise ValidationError(
+            "metric",
+            metric,
+            "a metric name must match [a-zA-Z_:][a-zA-Z0-9_:]* and have at most "
+            f"max_metric_name_length={DEFAULT_LIMITS.max_metric_name_length} characters",
+        )
     raw_matchers = message.get("matchers", [])
     if not isinstance(raw_matchers, list):
         raise ValidationError("matchers", raw_matchers, "matchers must be a list")

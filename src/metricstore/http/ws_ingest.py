@@ -146,7 +146,10 @@ class IngestSession:
                 client_id, parsed = _parse_definition(definition, self._limits)
             except ValidationError as error:
                 raw_id = definition.get("id") if isinstance(definition, dict) else None
-                rejected.append({"index": position, "id": raw_id, "error": str(error)})
+                # Echo an integer id, even an invalid one, so the client can
+                # match it; anything else might not be encodable.
+                shown = raw_id if _is_encodable_int(raw_id) else None
+                rejected.append({"index": position, "id": shown, "error": str(error)})
                 if isinstance(raw_id, int) and not isinstance(raw_id, bool):
                     self._unbind(raw_id, str(error))
                 continue
@@ -277,6 +280,10 @@ class IngestSession:
             rejected.append((position, reason))
         batch = SampleBatch(definitions, slots[ok], timestamps[ok], values[ok], positions[ok])
         return _merge(await self._storage.ingest_batch(batch), rejected)
+
+
+def _is_encodable_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64
 
 
 def _parse_definition(
