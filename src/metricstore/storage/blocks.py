@@ -209,7 +209,7 @@ class Head:
 class RawBlock:
     """Immutable raw samples sorted by series id, then time."""
 
-    __slots__ = ("ids", "max_ts", "min_ts", "name", "offsets", "timestamps", "values")
+    __slots__ = ("files", "ids", "max_ts", "min_ts", "offsets", "timestamps", "values")
 
     def __init__(
         self,
@@ -238,9 +238,9 @@ class RawBlock:
         self.offsets: Int64Array = np.append(starts, sorted_series.size).astype(np.int64)
         self.min_ts = int(self.timestamps.min()) if self.timestamps.size else 0
         self.max_ts = int(self.timestamps.max()) if self.timestamps.size else 0
-        # The block file that holds these samples (perhaps more, see
-        # storage.durable), or None while the block is only in memory.
-        self.name: str | None = None
+        # The block files that together hold these samples (perhaps more,
+        # see storage.durable); empty while the block is only in memory.
+        self.files: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -276,13 +276,18 @@ class RawBlock:
         timestamps = np.concatenate((self.timestamps, newer.timestamps))
         values = np.concatenate((self.values, newer.values))
         if overlapping.any():
-            return RawBlock(series, timestamps, values)
-
-        shift = self.size
-        starts = np.column_stack((old_starts, new_starts + shift)).ravel()
-        stops = np.column_stack((old_stops, new_stops + shift)).ravel()
-        order = ranges_to_indices(starts, stops)
-        return RawBlock(series[order], timestamps[order], values[order], presorted=True)
+            merged = RawBlock(series, timestamps, values)
+        else:
+            shift = self.size
+            starts = np.column_stack((old_starts, new_starts + shift)).ravel()
+            stops = np.column_stack((old_stops, new_stops + shift)).ravel()
+            order = ranges_to_indices(starts, stops)
+            merged = RawBlock(series[order], timestamps[order], values[order], presorted=True)
+        # The files of both halves still hold every sample, so the merged
+        # block need not be written again while both were on disk.
+        if self.files and newer.files:
+            merged.files = self.files + newer.files
+        return merged
 
     def last_per_series(self) -> tuple[Int64Array, Int64Array, Float64Array]:
         """Return each series' newest sample in this block."""
@@ -306,7 +311,7 @@ def _runs_of(block: RawBlock, ids: Int64Array) -> tuple[Int64Array, Int64Array]:
 class RollupBlock:
     """Immutable rollups, one row per series and interval, sorted that way."""
 
-    __slots__ = ("ids", "max_ts", "min_ts", "name", "offsets", "partials")
+    __slots__ = ("files", "ids", "max_ts", "min_ts", "offsets", "partials")
 
     def __init__(self, partials: Partials) -> None:
         """Build a block from combined partials (sorted by series, then bucket)."""
@@ -316,7 +321,7 @@ class RollupBlock:
         self.offsets: Int64Array = np.append(starts, partials.size).astype(np.int64)
         self.min_ts = int(partials.timestamps.min()) if partials.size else 0
         self.max_ts = int(partials.timestamps.max()) if partials.size else 0
-        self.name: str | None = None
+        self.files: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:

@@ -40,6 +40,8 @@ MAX_DECIMAL_SCALE = 12
 # Mantissas stay below 2**53 so that m / 10**k is computed exactly.
 _MAX_MANTISSA = float(2**53)
 _FLOAT_SCALE = -1
+# Values per series that the scale search looks at before checking the rest.
+_PROBE_VALUES = 16
 # The start of a single sequence, for delta-encoding a whole column.
 _FIRST = np.zeros(1, dtype=np.int64)
 
@@ -103,29 +105,59 @@ def _decode_times(encoded: Int64Array, starts: Int64Array, counts: Int64Array) -
     return _undelta_within(_undelta_within(encoded, starts, counts), starts, counts)
 
 
-def _decimal_scales(values: Float64Array, starts: Int64Array) -> Int64Array:
-    """Return the smallest exact decimal scale of each series, or -1 for none."""
-    scales = np.full(starts.size, _FLOAT_SCALE, dtype=np.int64)
-    if values.size == 0:
-        return scales
-    bits = values.view(np.int64)
+def _exact_at(values: Float64Array, scales: Int64Array) -> npt.NDArray[np.bool_]:
+    """Tell, per value, whether ``round(v * 10**k) / 10**k`` gives back its exact bits."""
+    factors = 10.0**scales
+    with np.errstate(invalid="ignore", over="ignore"):
+        mantissas = np.rint(values * factors)
+        exact = (np.abs(mantissas) < _MAX_MANTISSA) & (
+            (mantissas / factors).view(np.int64) == values.view(np.int64)
+        )
     # -0.0 has no integer mantissa that gives its sign back.
-    representable = ~((values == 0) & np.signbit(values))
+    negative_zero: npt.NDArray[np.bool_] = (values == 0) & np.signbit(values)
+    result: npt.NDArray[np.bool_] = exact & ~negative_zero
+    return result
+
+
+def _search_scales(values: Float64Array, starts: Int64Array) -> Int64Array:
+    """Try each scale in turn; return each series' smallest exact one, or -1."""
+    scales = np.full(starts.size, _FLOAT_SCALE, dtype=np.int64)
     undecided = np.ones(starts.size, dtype=np.bool_)
     for scale in range(MAX_DECIMAL_SCALE + 1):
-        factor = 10.0**scale
-        with np.errstate(invalid="ignore", over="ignore"):
-            mantissas = np.rint(values * factor)
-            exact = (
-                representable
-                & (np.abs(mantissas) < _MAX_MANTISSA)
-                & ((mantissas / factor).view(np.int64) == bits)
-            )
+        exact = _exact_at(values, np.full(values.size, scale, dtype=np.int64))
         fits = np.logical_and.reduceat(exact, starts) & undecided
         scales[fits] = scale
         undecided &= ~fits
         if not undecided.any():
             break
+    return scales
+
+
+def _decimal_scales(values: Float64Array, starts: Int64Array) -> Int64Array:
+    """Return the smallest exact decimal scale of each series, or -1 for none.
+
+    The search runs on each series' first few values, and the whole series
+    is then checked at the scale found: a series needs at least that scale,
+    so if it fits, it is the smallest. Only series that fail are searched
+    in full, which keeps the cost near one pass for regular data.
+    """
+    if values.size == 0:
+        return np.full(starts.size, _FLOAT_SCALE, dtype=np.int64)
+    counts = np.diff(np.append(starts, values.size))
+    offsets = np.arange(values.size) - np.repeat(starts, counts)
+    probe = offsets < _PROBE_VALUES
+    probe_counts = np.minimum(counts, _PROBE_VALUES)
+    probe_starts = np.concatenate(([0], np.cumsum(probe_counts)[:-1])).astype(np.int64)
+    scales = _search_scales(values[probe], probe_starts)
+
+    decimal = scales >= 0
+    exact = _exact_at(values, np.repeat(np.maximum(scales, 0), counts))
+    failed = decimal & ~np.logical_and.reduceat(exact, starts)
+    if failed.any():
+        members = np.repeat(failed, counts)
+        failed_counts = counts[failed]
+        failed_starts = np.concatenate(([0], np.cumsum(failed_counts)[:-1])).astype(np.int64)
+        scales[failed] = _search_scales(values[members], failed_starts)
     return scales
 
 

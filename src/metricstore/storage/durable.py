@@ -61,6 +61,11 @@ from metricstore.storage.wal import (
 logger = logging.getLogger("metricstore.storage.durable")
 
 MANIFEST = "MANIFEST"
+# A block in memory covered by more files than this is written as one file
+# at the next checkpoint. Each checkpoint writes only the new head block,
+# and merges in memory keep the files they came from, so a sample is
+# encoded about log base 8 of the block count times, not at every merge.
+MAX_FILES_PER_BLOCK = 8
 
 
 @dataclass(slots=True)
@@ -155,7 +160,7 @@ class ShardFiles:
                 self.quarantine_dir,
             )
             return None
-        block.name = name
+        block.files = (name,)
         return block
 
     def _read_manifest(self) -> dict[str, Any]:
@@ -192,21 +197,25 @@ class ShardFiles:
         log segments it points to never hold the same sample.
         """
         sequence = self.wal.rotate()
-        store.cut_head()
+        store.cut_head(write=self._write_raw)
         self._checkpoint = sequence
         self._persist(store)
         self.wal.remove_before(sequence)
 
+    def _write_raw(self, block: RawBlock) -> None:
+        block.files = (self._write_block(encode_raw(block), "raw"),)
+
     def _persist(self, store: ShardStore) -> None:
         for block in store.blocks:
-            if block.name is None:
-                block.name = self._write_block(encode_raw(block), "raw")
+            # A block spread over many small files is compacted into one.
+            if not block.files or len(block.files) > MAX_FILES_PER_BLOCK:
+                self._write_raw(block)
         for rollup in store.rollups:
-            if rollup.name is None:
-                rollup.name = self._write_block(encode_rollup(rollup), "rollup")
+            if not rollup.files or len(rollup.files) > MAX_FILES_PER_BLOCK:
+                rollup.files = (self._write_block(encode_rollup(rollup), "rollup"),)
         manifest = {
-            "blocks": [block.name for block in store.blocks],
-            "rollups": [rollup.name for rollup in store.rollups],
+            "blocks": [name for block in store.blocks for name in block.files],
+            "rollups": [name for rollup in store.rollups for name in rollup.files],
             "wal_checkpoint": self._checkpoint,
             "downsampled_before_ms": store.downsampled_before_ms,
         }

@@ -257,9 +257,10 @@ class ShardStore:
 
     def load_blocks(self, raw: list[RawBlock], rollups: list[RollupBlock]) -> None:
         """Install blocks read from files, and rebuild each series' newest sample."""
-        self._blocks.extend(raw)
-        self._rollups.extend(rollups)
         for block in raw:
+            self._add_block(block)
+        self._rollups.extend(rollups)
+        for block in self._blocks:
             if block.size:
                 self._grow(int(block.ids.max()) + 1)
                 self._mark_written(*block.last_per_series())
@@ -298,12 +299,19 @@ class ShardStore:
 
     # -- blocks --------------------------------------------------------------
 
-    def cut_head(self) -> None:
-        """Turn the head's samples into an immutable block and empty the head."""
+    def cut_head(self, write: Callable[[RawBlock], None] | None = None) -> None:
+        """Turn the head's samples into an immutable block and empty the head.
+
+        ``write``, when given, stores the new block before it is merged
+        with older ones, so merges of blocks on disk need no rewrite.
+        """
         if self._head.size == 0:
             return
         series, timestamps, values = self._head.view()
-        self._add_block(RawBlock(series.copy(), timestamps.copy(), values.copy()))
+        block = RawBlock(series.copy(), timestamps.copy(), values.copy())
+        if write is not None:
+            write(block)
+        self._add_block(block)
         self._head.clear()
 
     def _add_block(self, block: RawBlock) -> None:
@@ -456,7 +464,7 @@ class ShardStore:
                 )
                 # The file may keep the dropped samples: recovery applies
                 # the same rules again, so it need not be rewritten.
-                trimmed.name = block.name
+                trimmed.files = block.files
                 blocks.append(trimmed)
         self._blocks = blocks
 
@@ -569,7 +577,7 @@ def _filter_rollup(block: RollupBlock, mask: BoolArray) -> RollupBlock | None:
     if not mask.any():
         return None
     trimmed = RollupBlock(block.partials.take(mask))
-    trimmed.name = block.name
+    trimmed.files = block.files
     return trimmed
 
 
