@@ -163,6 +163,9 @@ async def run_scraper(
     _check_schedule(interval_s, timeout_s)
     check_unique_targets(targets)
     timeout_s = min(timeout_s, interval_s)
+    if not targets:
+        task_status.started()
+        return
 
     logger.info(
         "scraper started: %d targets, interval %gs, timeout %gs",
