@@ -668,3 +668,13 @@ async def test_self_metrics_count_ingest(client: httpx.AsyncClient, now_s: float
     assert 'metricstore_samples_accepted_total{path="http"} 3.0' in lines
     assert 'metricstore_samples_rejected_total{path="http"} 1.0' in lines
     assert "metricstore_raw_samples 3.0" in lines
+
+
+@bounded
+async def test_rejections_listed_at_most(client: httpx.AsyncClient, now_s: float) -> None:
+    rows = [{"name": "bad name", "value": 1, "timestamp": now_s}] * 1500
+    response = await client.post("/metrics/", json={"metrics": rows})
+    document = strict_json(response)
+    assert response.status_code == 400
+    assert len(document["rejected"]) == 1000
+    assert document["rejected_total"] == 1500

@@ -18,6 +18,7 @@ from metricstore.http.wire import (
     loads_json,
     loads_msgpack,
 )
+from metricstore.http.ws_ingest import MAX_LISTED_REJECTIONS
 from metricstore.query import DEFAULT_RANGE_MS, QueryEngine, TimeWindow
 from metricstore.storage.base import Rejection
 from metricstore.storage.results import SeriesResult
@@ -113,10 +114,15 @@ def create_metrics_router(
         )
         if telemetry is not None:
             telemetry.record_ingest("http", result.accepted, len(rejections))
-        body_out = {
+        body_out: dict[str, Any] = {
             "accepted": result.accepted,
-            "rejected": [{"index": r.index, "error": r.error} for r in rejections],
+            "rejected": [
+                {"index": r.index, "error": r.error}
+                for r in rejections[:MAX_LISTED_REJECTIONS]
+            ],
         }
+        if len(rejections) > MAX_LISTED_REJECTIONS:
+            body_out["rejected_total"] = len(rejections)
         if rejections:
             logger.debug("POST /metrics/ rejected %d of %d rows", len(rejections), batch.size)
         return json_response(body_out, 400 if rejections else 200)
