@@ -487,3 +487,17 @@ def test_file_storage_matches_memory(
         reopened.close()
 
     trio.run(scenario)
+
+
+async def test_block_window_cuts_head(tmp_path: Path) -> None:
+    clock = Clock(T0 + 3 * 3600)
+    settings = {"shards": 1, "head_capacity": 1 << 16, "block_window_ms": 3600 * 1000}
+    async with open_pipeline(config(tmp_path, clock, **settings)) as storage:
+        for hour in range(3):
+            await storage.store_metrics(
+                [MetricValue("mem_bytes", float(hour), at(T0 + hour * 3600))]
+            )
+        # The third batch found the head spanning the one-hour window and
+        # cut it first; the blocks hold the first two samples.
+        assert len(raw_blocks(tmp_path, "0")) == 1
+    assert await stored_values(tmp_path, clock, **settings) == [0.0, 1.0, 2.0]

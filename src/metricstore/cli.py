@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         "fsync every --fsync-interval, acks may come first; off: never (default %(default)s)",
     )
     serve.add_argument(
+        "--block-window",
+        default="2h",
+        help="span of sample times after which a shard's head is written as a block "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
         "--enable-admin-api",
         action="store_true",
         help="serve POST /admin/flush, which writes every head to block files now",
@@ -238,6 +244,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         data_dir=None if args.in_memory else Path(args.data_dir),
         fsync=args.fsync,
         enable_admin_api=args.enable_admin_api,
+        block_window_ms=parse_duration(args.block_window, "--block-window"),
         max_ingest_connections=args.max_ingest_connections,
         fsync_interval_s=parse_duration(args.fsync_interval, "--fsync-interval") / 1000,
         feed_limits=FeedLimits(

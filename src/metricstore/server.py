@@ -18,6 +18,7 @@ from metricstore.http.feeds import FeedLimits
 from metricstore.http.ws_ingest import DEFAULT_MAX_INGEST_CONNECTIONS
 from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
+from metricstore.storage.shard import DEFAULT_BLOCK_WINDOW_MS
 from metricstore.telemetry import Telemetry
 
 logger = logging.getLogger("metricstore.server")
@@ -46,6 +47,7 @@ class ServerConfig:
     data_dir: Path | None = None
     fsync: FsyncMode = "batch"
     fsync_interval_s: float = 1.0
+    block_window_ms: int = DEFAULT_BLOCK_WINDOW_MS
     # Serve POST /admin/flush.
     enable_admin_api: bool = False
     max_ingest_connections: int = DEFAULT_MAX_INGEST_CONNECTIONS
@@ -73,6 +75,7 @@ async def run_server(
         data_dir=config.data_dir,
         fsync=config.fsync,
         fsync_interval_s=config.fsync_interval_s,
+        block_window_ms=config.block_window_ms,
     )
     ready = trio.Event()
     telemetry = Telemetry()

@@ -24,7 +24,7 @@ from metricstore.actors.messages import (
 from metricstore.storage.aggregate import aggregate_range, aggregate_whole
 from metricstore.storage.blocks import Float64Array, Int64Array
 from metricstore.storage.durable import ShardFiles
-from metricstore.storage.shard import ShardStore
+from metricstore.storage.shard import DEFAULT_BLOCK_WINDOW_MS, ShardStore
 
 logger = logging.getLogger("metricstore.actors.shard")
 
@@ -51,6 +51,7 @@ class ShardActor:
         files: ShardFiles | None = None,
         fsync: FsyncMode = "batch",
         fsync_interval_s: float = 1.0,
+        block_window_ms: int = DEFAULT_BLOCK_WINDOW_MS,
     ) -> None:
         self.shard_id = shard_id
         self._store = store
@@ -58,6 +59,7 @@ class ShardActor:
         self._files = files
         self._fsync = fsync
         self._fsync_interval_s = fsync_interval_s
+        self._block_window_ms = block_window_ms
         # Serializes fsync in a worker thread with rotation of the segment.
         self._sync_lock = trio.Lock()
 
@@ -122,7 +124,11 @@ class ShardActor:
     async def _append(self, message: Message) -> Message:
         store, files = self._store, self._files
         ids = read_ints(message["ids"])
-        if files is not None and store.head_free < ids.size:
+        # A checkpoint comes when the head is full or spans the block window,
+        # which bounds both memory and the log that recovery must replay.
+        if files is not None and (
+            store.head_free < ids.size or store.head_span_ms >= self._block_window_ms
+        ):
             try:
                 async with self._sync_lock:
                     await trio.to_thread.run_sync(files.checkpoint, store)

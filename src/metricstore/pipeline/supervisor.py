@@ -24,7 +24,7 @@ from metricstore.storage.durable import ShardFiles
 from metricstore.storage.index import SeriesIndex
 from metricstore.storage.layout import check_layout
 from metricstore.storage.series_log import SeriesLog
-from metricstore.storage.shard import DEFAULT_HEAD_CAPACITY, ShardStore
+from metricstore.storage.shard import DEFAULT_BLOCK_WINDOW_MS, DEFAULT_HEAD_CAPACITY, ShardStore
 
 logger = logging.getLogger("metricstore.pipeline")
 
@@ -49,6 +49,7 @@ class PipelineConfig:
     data_dir: Path | None = None
     fsync: FsyncMode = "batch"
     fsync_interval_s: float = 1.0
+    block_window_ms: int = DEFAULT_BLOCK_WINDOW_MS
 
 
 def _mailbox(size: int) -> tuple[Mailbox, Inbox]:
@@ -98,6 +99,7 @@ async def open_pipeline(config: PipelineConfig) -> AsyncIterator[ActorTimeSeries
             files[shard_id],
             config.fsync,
             config.fsync_interval_s,
+            config.block_window_ms,
         )
         for shard_id in range(config.shards)
     ]

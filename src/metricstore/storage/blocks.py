@@ -143,6 +143,10 @@ class Partials:
 _PARTIAL_FIELDS = ("series", "timestamps", "mins", "maxs", "sums", "counts", "lasts", "last_ts")
 
 
+# The span of an empty head: any sample lowers min_ts and raises max_ts.
+_NO_SPAN = (2**63 - 1, -(2**63))
+
+
 class Head:
     """The append buffer of one shard: columns filled in arrival order.
 
@@ -156,6 +160,7 @@ class Head:
         self.capacity = capacity
         self.size = 0
         rows = min(capacity, self._INITIAL_ROWS)
+        self.min_ts, self.max_ts = _NO_SPAN
         self.series = np.empty(rows, dtype=np.int64)
         self.timestamps = np.empty(rows, dtype=np.int64)
         self.values = np.empty(rows, dtype=np.float64)
@@ -184,6 +189,9 @@ class Head:
         self.timestamps[self.size : end] = timestamps
         self.values[self.size : end] = values
         self.size = end
+        if timestamps.size:
+            self.min_ts = min(self.min_ts, int(timestamps.min()))
+            self.max_ts = max(self.max_ts, int(timestamps.max()))
 
     def view(self) -> tuple[Int64Array, Int64Array, Float64Array]:
         n = self.size
@@ -191,6 +199,12 @@ class Head:
 
     def clear(self) -> None:
         self.size = 0
+        self.min_ts, self.max_ts = _NO_SPAN
+
+    @property
+    def span_ms(self) -> int:
+        """The time between the head's oldest and newest sample; 0 when empty."""
+        return max(0, self.max_ts - self.min_ts)
 
     def keep(self, mask: BoolArray) -> None:
         """Keep only the samples where ``mask`` is true, in their order."""
@@ -200,6 +214,10 @@ class Head:
         self.timestamps[:kept] = timestamps[mask]
         self.values[:kept] = values[mask]
         self.size = kept
+        self.min_ts, self.max_ts = _NO_SPAN
+        if kept:
+            self.min_ts = int(self.timestamps[:kept].min())
+            self.max_ts = int(self.timestamps[:kept].max())
 
     @property
     def nbytes(self) -> int:

@@ -13,7 +13,12 @@ from metricstore.storage.durable import ShardFiles
 from metricstore.storage.layout import check_layout
 from metricstore.storage.memory import DEFAULT_RETENTION_CHECK_INTERVAL, InMemoryTimeSeriesStorage
 from metricstore.storage.series_log import SeriesLog
-from metricstore.storage.shard import DEFAULT_HEAD_CAPACITY, AppendResult, RetentionResult
+from metricstore.storage.shard import (
+    DEFAULT_BLOCK_WINDOW_MS,
+    DEFAULT_HEAD_CAPACITY,
+    AppendResult,
+    RetentionResult,
+)
 
 
 class FileTimeSeriesStorage(InMemoryTimeSeriesStorage):
@@ -60,8 +65,9 @@ class FileTimeSeriesStorage(InMemoryTimeSeriesStorage):
         self._series_log.sync()
 
     def _before_append(self, count: int) -> None:
-        if self._shard.head_free < count:
-            self._files.checkpoint(self._shard)
+        shard = self._shard
+        if shard.head_free < count or shard.head_span_ms >= DEFAULT_BLOCK_WINDOW_MS:
+            self._files.checkpoint(shard)
 
     def _after_append(self, appended: AppendResult) -> None:
         if appended.stored is not None:

@@ -36,6 +36,9 @@ _KeepFunction = Callable[[Int64Array, Int64Array], BoolArray]
 _OK, _FUTURE, _EXPIRED, _CONFLICT, _OUT_OF_ORDER = range(5)
 
 DEFAULT_HEAD_CAPACITY = 1 << 17
+# Time span of samples after which a durable head is cut into a block, as
+# Prometheus cuts its head into two-hour blocks.
+DEFAULT_BLOCK_WINDOW_MS = 2 * 3600 * 1000
 DEFAULT_MAX_BLOCK_SAMPLES = 1 << 23
 
 
@@ -293,6 +296,10 @@ class ShardStore:
     @property
     def head_free(self) -> int:
         return self._head.free
+
+    @property
+    def head_span_ms(self) -> int:
+        return self._head.span_ms
 
     def live_ids(self) -> list[int]:
         return [int(series_id) for series_id in np.flatnonzero(self._live)]
