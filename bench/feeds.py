@@ -1,12 +1,11 @@
 """Live-feed benchmarks: delivery latency and ingest throughput with WebSocket subscribers.
 
-Starts ``metricstore serve`` on a free loopback port (a fresh server per
-scenario, its data in a new temporary directory, or ``--in-memory``) and
-opens subscribers from worker processes separate from the server
-(``--workers``, each holding its share of the connections, trio inside
-each). Every subscriber is its own WebSocket connection to
-``/ws/subscribe``, subscribes with a msgpack frame (so the server answers
-in msgpack) and reads as fast as it can.
+Starts ``metricstore serve`` on a free loopback port, a fresh server per
+scenario with its data in a new temporary directory (or ``--in-memory``).
+Subscribers run in ``--workers`` processes separate from the server, each
+with its share of the connections and trio inside. Every subscriber is its
+own WebSocket connection to ``/ws/subscribe``, subscribes with a msgpack
+frame (so the server replies in msgpack) and reads as fast as it can.
 
 - ``latency``: a writer sends one columnar frame of ``--latency-series``
   series of one metric every ``--interval`` seconds for ``--latency-duration``
@@ -106,7 +105,7 @@ DAY_MS = 86_400_000
 P99_TARGET_MS = 50.0
 THROUGHPUT_TARGET = 0.80
 # Latency histogram: geometric bins from 10 us to 10 min, about 0.5% wide.
-# Bin i holds latencies in (EDGES[i-1], EDGES[i]]; bin 0 everything up to
+# Bin i contains latencies in (EDGES[i-1], EDGES[i]]; bin 0 everything up to
 # 10 us (also negative ones), the last bin everything beyond 10 min.
 LATENCY_EDGES_MS = np.geomspace(0.01, 600_000.0, 3600)
 # Feed frames can carry up to the server's buffer of 10,000 samples.
@@ -116,9 +115,9 @@ MAX_FEED_MESSAGE_BYTES = 64 * 1024 * 1024
 SPARE_DESCRIPTORS = 512
 # Seconds workers get to connect and subscribe everything.
 READY_TIMEOUT_S = 120.0
-# Seconds a closing WebSocket waits for the server's answer.
+# Seconds a closing WebSocket waits for the server's close reply.
 DISCONNECT_TIMEOUT_S = 5.0
-# Seconds the parent waits for a worker's answer to a command.
+# Seconds the parent waits for a worker's reply to a command.
 PIPE_TIMEOUT_S = 60.0
 
 
@@ -142,7 +141,7 @@ class WorkerConfig:
 
 @dataclass
 class SubscriberStats:
-    """What one worker's subscribers saw, sent to the parent as a dict."""
+    """Counts and latencies seen by one worker's subscribers, sent to the parent as a dict."""
 
     latency: bool
     subscribed: int = 0
@@ -220,8 +219,8 @@ class SubscriberStats:
 
 
 def decode_frame(message: str | bytes) -> dict[str, Any]:
-    # The server answers a connection over its limit in JSON before it knows
-    # the client's choice; everything else is msgpack after our first frame.
+    # The server rejects a connection over its limit with a JSON error frame,
+    # before the client's first frame; everything after that is msgpack.
     if isinstance(message, bytes):
         document = msgpack.unpackb(message, raw=False)
     else:
@@ -308,8 +307,9 @@ async def _wait_done(
 ) -> None:
     """Wait for the rest of the feed, at most ``cap_s`` seconds.
 
-    With ``per_subscriber``, until every open subscriber got (or was told it
-    lost) that many samples; else until no frame came for ``idle_s``.
+    With ``per_subscriber``, wait until the samples received plus those
+    reported dropped reach that many per subscriber. Without it, wait until
+    no frame came for ``idle_s``.
     """
     with trio.move_on_after(cap_s):
         while True:
@@ -352,7 +352,7 @@ async def _run_worker(config: WorkerConfig, pipe: Connection) -> None:
 
 
 def worker_main(config: WorkerConfig, pipe: Connection) -> None:
-    """Entry point of a subscriber process; answers the parent over ``pipe``."""
+    """Run one subscriber worker process, which reports to the parent over ``pipe``."""
     _die_with_parent()
     try:
         trio.run(_run_worker, config, pipe)
@@ -431,7 +431,7 @@ class Subscribers:
         if "error" in message:
             raise RuntimeError(f"a subscriber worker failed: {message['error']}")
         if key not in message:
-            raise RuntimeError(f"a subscriber worker answered {sorted(message)}, not {key!r}")
+            raise RuntimeError(f"a subscriber worker replied with {sorted(message)}, not {key!r}")
         report: dict[str, Any] = message[key]
         return report
 
@@ -529,10 +529,10 @@ def ensure_open_files(needed: int) -> str:
 
 @contextlib.contextmanager
 def started_server(args: argparse.Namespace) -> Iterator[ServerProcess]:
-    """A fresh server: in memory, or with its data in a new temporary directory.
+    """Start a fresh server, in memory or with its data in a new temporary directory.
 
-    Never the default ``./data``: a server started there would read the
-    samples of earlier runs, and reject new ones as out of order.
+    The default ``./data`` is not used, because a server started there would
+    read the samples of earlier runs and reject new ones as out of order.
     """
     with contextlib.ExitStack() as stack:
         if args.in_memory:
@@ -545,10 +545,10 @@ def started_server(args: argparse.Namespace) -> Iterator[ServerProcess]:
 
 @contextlib.asynccontextmanager
 async def writer_connection(base_url: str) -> AsyncIterator[WebSocketConnection]:
-    """An ingest connection whose closing gives up after a few seconds.
+    """Open an ingest connection whose close handshake times out after a few seconds.
 
-    A server starved by its feeds may not answer the close handshake for a
-    long time; the samples are acknowledged (or not) by then anyway.
+    A server starved by its feeds may not reply to the close handshake for a
+    long time, and the samples are acknowledged (or not) by then anyway.
     """
     try:
         async with open_websocket_url(
@@ -652,6 +652,7 @@ def run_latency(args: argparse.Namespace, subscribers: int, round_: int) -> dict
     profile = None
     if args.profile_dir and round_ == 0:
         profile = os.path.join(args.profile_dir, f"latency_{subscribers}.txt")
+
     with started_server(args) as server:
         with Subscribers(
             server.base_url,
@@ -668,6 +669,7 @@ def run_latency(args: argparse.Namespace, subscribers: int, round_: int) -> dict
         ) as workers:
             ready = merge_reports(workers.wait_ready())
             before = merge_reports(workers.stats())
+
             server_cpu = cpu_seconds(server.pid)
             machine_cpu = machine_busy_seconds()
             writer_cpu = time.process_time()
@@ -683,13 +685,15 @@ def run_latency(args: argparse.Namespace, subscribers: int, round_: int) -> dict
                     args.ack_wait,
                 )
                 stored = writer["accepted"]
-                final = merge_reports(workers.stop(args.drain_idle, args.drain_cap, stored))
+                final = merge_reports(workers.stop(0.0, args.drain_cap, stored))
+
             elapsed = time.perf_counter() - started
             writer_cpu = time.process_time() - writer_cpu
             server_after = cpu_seconds(server.pid)
             machine_after = machine_busy_seconds()
             memory = memory_kib(server.pid)
             log_tail = server.log_tail(5)
+
     counts = final["latency_counts"]
     delivered = int(counts.sum())
     # What the server acknowledged: frames still unread when the writer gave
@@ -783,7 +787,7 @@ def summarize_latency(report: dict[str, Any]) -> str:
 
 @dataclass
 class IngestProgress:
-    """What the throughput writer sent and had acknowledged so far."""
+    """Frames and samples the throughput writer has sent so far, and the acks it got."""
 
     frames: int = 0
     sent: int = 0
@@ -1061,41 +1065,50 @@ def parse_counts(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["latency", "throughput", "all"], default="all")
-    parser.add_argument("--workers", type=int, default=2, help="subscriber processes")
+    parser.add_argument("--workers", type=int, default=2, help="number of subscriber processes")
     parser.add_argument("--shards", type=int, default=2, help="shards of each started server")
     parser.add_argument(
         "--metric", default=METRIC_NAMES[0], help="the metric every subscriber subscribes to"
     )
-    parser.add_argument("--connect-concurrency", type=int, default=32, help="per worker")
+    parser.add_argument(
+        "--connect-concurrency", type=int, default=32, help="connections opened at once per worker"
+    )
     parser.add_argument(
         "--in-memory",
         action="store_true",
         help="start servers with --in-memory (default: durable, in a temporary --data-dir)",
     )
+
     latency = parser.add_argument_group("latency")
-    latency.add_argument("--subscribers", type=parse_counts, default=[1, 100, 1000])
+    latency.add_argument(
+        "--subscribers",
+        type=parse_counts,
+        default=[1, 100, 1000],
+        help="comma-separated subscriber counts, each 0..1000",
+    )
     latency.add_argument("--rounds", type=int, default=3, help="rounds per subscriber count")
-    latency.add_argument("--latency-series", type=int, default=100)
+    latency.add_argument("--latency-series", type=int, default=100, help="series in each frame")
     latency.add_argument("--interval", type=float, default=0.1, help="seconds between frames")
     latency.add_argument("--latency-duration", type=float, default=10.0, help="seconds")
-    latency.add_argument(
-        "--drain-idle", type=float, default=2.0, help="stop once no frame came for this long"
-    )
     latency.add_argument(
         "--ack-wait",
         type=float,
         default=120.0,
-        help="most seconds the writer waits for its acks after the last frame",
+        help="maximum seconds the writer waits for its acks after the last frame",
     )
     latency.add_argument(
         "--drain-cap",
         type=float,
         default=30.0,
-        help="most seconds subscribers wait for the rest of the feed after the last ack",
+        help="maximum seconds subscribers wait for the rest of the feed after the last ack",
     )
+
     throughput = parser.add_argument_group("throughput")
     throughput.add_argument(
-        "--throughput-subscribers", type=parse_counts, default=[0, 1000], help="e.g. 0,1000"
+        "--throughput-subscribers",
+        type=parse_counts,
+        default=[0, 1000],
+        help="comma-separated subscriber counts, each 0..1000",
     )
     throughput.add_argument("--series", type=int, default=10_000, help="series per frame")
     throughput.add_argument(
@@ -1108,12 +1121,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     throughput.add_argument("--runs", type=int, default=5, help="timed runs per count")
     throughput.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     throughput.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up")
-    throughput.add_argument("--window", type=int, default=8, help="most frames awaiting an ack")
-    throughput.add_argument("--max-frames", type=int, default=2000, help="most frames per run")
+    throughput.add_argument("--window", type=int, default=8, help="maximum frames awaiting an ack")
+    throughput.add_argument("--max-frames", type=int, default=2000, help="maximum frames per run")
+
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument(
         "--profile-dir", help="record the server with py-spy into DIR/<part>_<count>.txt (raw)"
     )
+
     args = parser.parse_args(argv)
     if not 1 <= args.workers <= 16 or not 1 <= args.connect_concurrency <= 256:
         parser.error("--workers in 1..16, --connect-concurrency in 1..256")
@@ -1123,8 +1138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--latency-duration in (0, 120] s, --interval in [0.01, 10] s")
     if not 0 < args.duration <= 60 or not 0 <= args.warmup <= 60:
         parser.error("--duration in (0, 60] s, --warmup in [0, 60] s")
-    if not 0 < args.drain_idle <= 30 or not 0 < args.drain_cap <= 120:
-        parser.error("--drain-idle in (0, 30] s, --drain-cap in (0, 120] s")
+    if not 0 < args.drain_cap <= 120:
+        parser.error("--drain-cap in (0, 120] s")
     if not 0 < args.ack_wait <= 600:
         parser.error("--ack-wait in (0, 600] s")
     if args.series < 10 or args.series % len(METRIC_NAMES) or args.latency_series < 1:
@@ -1159,9 +1174,10 @@ def verdicts(
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    # SystemExit unwinds the stack, so the servers, the workers and the
-    # temporary data directories go too (a trio.run it cuts short may print
-    # warnings on the way out). Both also die with this process by PDEATHSIG.
+    # SystemExit unwinds the stack, so the server, the workers and the
+    # temporary data directory are cleaned up (a trio.run it cuts short may
+    # print warnings on the way out). The server and worker processes also
+    # get SIGTERM when this process dies (PR_SET_PDEATHSIG in _harness).
     raise SystemExit(128 + signum)
 
 

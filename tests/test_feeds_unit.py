@@ -10,7 +10,7 @@ import trio
 
 from helpers import T0, Clock, at
 from metricstore import MetricValue, RetentionPolicy
-from metricstore.actors.feed import FeedBuffer, FeedClosed
+from metricstore.actors.feed import FeedBuffer, FeedClosed, FeedSamples
 from metricstore.errors import ValidationError
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
 from metricstore.storage.index import SeriesIndex
@@ -69,14 +69,13 @@ def test_index_select_with_matchers() -> None:
 
 
 def push(buffer: FeedBuffer, series: list[int], times: list[int]) -> None:
-    ids = np.array(series, dtype=np.int64)
-    buffer.put(
-        "s",
+    samples = FeedSamples(
         [key(n=str(i)) for i in series],
-        ids,
+        np.array(series, dtype=np.int64),
         np.array(times, dtype=np.int64),
         np.array(times, dtype=np.float64),
     )
+    buffer.put("s", samples)
 
 
 async def test_buffer_coalesces_newest(autojump_clock: trio.testing.MockClock) -> None:
@@ -84,7 +83,8 @@ async def test_buffer_coalesces_newest(autojump_clock: trio.testing.MockClock) -
     push(buffer, [1, 2, 1, 2], [10, 11, 12, 13])
     push(buffer, [1, 3], [14, 15])
     batch = await buffer.get()
-    samples = batch.samples[0]
+    name, samples = batch.samples[0]
+    assert name == "s"
     assert samples.timestamps.tolist() == [13, 14, 15]
     assert [k[1] for k in samples.keys] == [(("n", "2"),), (("n", "1"),), (("n", "3"),)]
     assert batch.dropped == {"s": 3}
@@ -131,15 +131,15 @@ async def test_hub_rollup_steps(autojump_clock: trio.testing.MockClock) -> None:
         await storage.store_metrics([MetricValue("cpu", 10.0, at(base + 12))])
         # The first sample of the next bucket closes [base, base + 10).
         batch = await buffer.get()
-        assert batch.samples[0].timestamps.tolist() == [base * 1000]
-        assert batch.samples[0].values.tolist() == [6.0]
+        assert batch.samples[0][1].timestamps.tolist() == [base * 1000]
+        assert batch.samples[0][1].values.tolist() == [6.0]
 
         # The open bucket is sent once the clock passes its end plus 1 s.
         await storage.store_metrics([MetricValue("cpu", 5.0, at(base + 15))])
         clock.now = base + 21
         batch = await buffer.get()
-        assert batch.samples[0].timestamps.tolist() == [(base + 10) * 1000]
-        assert batch.samples[0].values.tolist() == [15.0]
+        assert batch.samples[0][1].timestamps.tolist() == [(base + 10) * 1000]
+        assert batch.samples[0][1].values.tolist() == [15.0]
 
         # A late sample for a sent bucket is counted as dropped.
         await storage.store_metrics([MetricValue("cpu", 7.0, at(base + 16))])
@@ -163,8 +163,8 @@ async def test_hub_matches_new_series(autojump_clock: trio.testing.MockClock) ->
             ]
         )
         batch = await buffer.get()
-        assert batch.samples[0].values.tolist() == [1.0, 4.0]
-        assert batch.samples[0].keys == [key(c="web-1"), key(c="web-2")]
+        assert batch.samples[0][1].values.tolist() == [1.0, 4.0]
+        assert batch.samples[0][1].keys == [key(c="web-1"), key(c="web-2")]
 
 
 def test_regex_is_linear_time() -> None:

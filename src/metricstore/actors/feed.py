@@ -9,6 +9,7 @@ with a reason, and the connection disconnects the subscriber.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,31 +22,47 @@ Int64Array = npt.NDArray[np.int64]
 Float64Array = npt.NDArray[np.float64]
 
 
-@dataclass(slots=True)
 class FeedSamples:
-    """Samples for one subscription: per-sample series keys, times and values."""
+    """Samples of one stored batch for one selector: series keys, times, values.
 
-    subscription: str
-    keys: list[SeriesKey]
-    timestamps: Int64Array
-    values: Float64Array
+    The hub makes one per selector and batch and hands the same object to
+    every subscriber of that selector, so its encoded form is computed once
+    (``encoded``) and shared, however many subscribers send it.
+    """
+
+    __slots__ = ("_encoded", "keys", "series", "timestamps", "values")
+
+    def __init__(
+        self,
+        keys: list[SeriesKey],
+        series: Int64Array,
+        timestamps: Int64Array,
+        values: Float64Array,
+    ) -> None:
+        self.keys = keys
+        self.series = series
+        self.timestamps = timestamps
+        self.values = values
+        self._encoded: dict[str, bytes] = {}
+
+    @property
+    def size(self) -> int:
+        return int(self.series.size)
+
+    def encoded(self, form: str, encode: Callable[[FeedSamples], bytes]) -> bytes:
+        """Return ``encode(self)``, computed once per ``form`` for all subscribers."""
+        data = self._encoded.get(form)
+        if data is None:
+            data = self._encoded[form] = encode(self)
+        return data
 
 
 @dataclass(slots=True)
 class FeedBatch:
-    """Everything a subscriber has pending: samples, and drop counts per subscription."""
+    """Everything a subscriber has pending: samples and drop counts per subscription."""
 
-    samples: list[FeedSamples] = field(default_factory=list)
+    samples: list[tuple[str, FeedSamples]] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Pending:
-    keys: list[SeriesKey] = field(default_factory=list)
-    series: list[Int64Array] = field(default_factory=list)
-    timestamps: list[Int64Array] = field(default_factory=list)
-    values: list[Float64Array] = field(default_factory=list)
-    size: int = 0
 
 
 class FeedClosed(Exception):
@@ -62,7 +79,7 @@ class FeedBuffer:
     def __init__(self, max_samples: int, max_lag_s: float) -> None:
         self.max_samples = max_samples
         self.max_lag_s = max_lag_s
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, list[FeedSamples]] = {}
         self._dropped: dict[str, int] = {}
         self._size = 0
         self._ready = trio.Event()
@@ -80,24 +97,12 @@ class FeedBuffer:
     def size(self) -> int:
         return self._size
 
-    def put(
-        self,
-        subscription: str,
-        keys: list[SeriesKey],
-        series: Int64Array,
-        timestamps: Int64Array,
-        values: Float64Array,
-    ) -> None:
-        """Add samples for one subscription; ``keys[i]`` is the key of ``series[i]``."""
-        if self.closed_reason is not None or series.size == 0:
+    def put(self, subscription: str, samples: FeedSamples) -> None:
+        """Add samples for one subscription; never waits."""
+        if self.closed_reason is not None or samples.size == 0:
             return
-        pending = self._pending.setdefault(subscription, _Pending())
-        pending.keys.extend(keys)
-        pending.series.append(series)
-        pending.timestamps.append(timestamps)
-        pending.values.append(values)
-        pending.size += int(series.size)
-        self._size += int(series.size)
+        self._pending.setdefault(subscription, []).append(samples)
+        self._size += samples.size
         if self._size > self.max_samples:
             self._coalesce()
         self._ready.set()
@@ -134,29 +139,25 @@ class FeedBuffer:
         # Keep the newest sample of each series; if distinct series alone
         # pass the budget, keep the newest samples up to it.
         self._size = 0
-        for subscription, pending in self._pending.items():
-            series = np.concatenate(pending.series)
-            timestamps = np.concatenate(pending.timestamps)
-            values = np.concatenate(pending.values)
-            arrival = np.arange(series.size)
-            order = np.lexsort((arrival, series))
+        budget = max(1, self.max_samples // max(1, len(self._pending)))
+        for subscription, pieces in self._pending.items():
+            keys = [key for piece in pieces for key in piece.keys]
+            series = np.concatenate([piece.series for piece in pieces])
+            timestamps = np.concatenate([piece.timestamps for piece in pieces])
+            values = np.concatenate([piece.values for piece in pieces])
+            order = np.lexsort((np.arange(series.size), series))
             last = np.ones(series.size, dtype=np.bool_)
             last[:-1] = series[order][1:] != series[order][:-1]
-            keep = np.sort(order[last])
-            budget = max(1, self.max_samples // max(1, len(self._pending)))
-            keep = keep[-budget:]
+            keep = np.sort(order[last])[-budget:]
             dropped = int(series.size - keep.size)
             if dropped:
                 self._dropped[subscription] = self._dropped.get(subscription, 0) + dropped
                 self.total_dropped += dropped
-            self._pending[subscription] = _Pending(
-                keys=[pending.keys[i] for i in keep.tolist()],
-                series=[series[keep]],
-                timestamps=[timestamps[keep]],
-                values=[values[keep]],
-                size=int(keep.size),
+            kept = FeedSamples(
+                [keys[i] for i in keep.tolist()], series[keep], timestamps[keep], values[keep]
             )
-            self._size += int(keep.size)
+            self._pending[subscription] = [kept]
+            self._size += kept.size
 
     async def get(self) -> FeedBatch:
         """Wait for pending samples or drop counts and take them all.
@@ -173,15 +174,8 @@ class FeedBuffer:
             raise FeedClosed(self.closed_reason)
 
         batch = FeedBatch(dropped=self._dropped)
-        for subscription, pending in self._pending.items():
-            batch.samples.append(
-                FeedSamples(
-                    subscription,
-                    pending.keys,
-                    np.concatenate(pending.timestamps),
-                    np.concatenate(pending.values),
-                )
-            )
+        for subscription, pieces in self._pending.items():
+            batch.samples.extend((subscription, piece) for piece in pieces)
         self._pending = {}
         self._dropped = {}
         self._size = 0

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from metricstore.actors.feed import FeedBuffer
+from metricstore.actors.feed import FeedBuffer, FeedSamples
 from metricstore.actors.messages import (
     Envelope,
     Inbox,
@@ -220,8 +220,18 @@ class HubActor:
             if rows.size == 0:
                 continue
             matched = (series[rows], timestamps[rows], values[rows])
+            # One FeedSamples for all plain subscribers of the selector, so
+            # its encoding is shared.
+            shared: FeedSamples | None = None
             for token in selector.subscriptions:
-                self._offer(self._subscriptions[token], *matched)
+                subscription = self._subscriptions[token]
+                if subscription.rollup is not None:
+                    self._accumulate(subscription, subscription.rollup, *matched)
+                    continue
+                if shared is None:
+                    keys = [self._keys[i] for i in matched[0].tolist()]
+                    shared = FeedSamples(keys, *matched)
+                subscription.buffer.put(subscription.name, shared)
 
     async def _learn_keys(self, series: Int64Array) -> bool:
         """Learn the keys of unseen series ids; False if the index could not say."""
@@ -253,19 +263,6 @@ class HubActor:
             self._position_of[series_id] = self._metric_sizes[code]
             self._metric_sizes[code] += 1
         return True
-
-    def _offer(
-        self,
-        subscription: Subscription,
-        series: Int64Array,
-        timestamps: Int64Array,
-        values: Float64Array,
-    ) -> None:
-        if subscription.rollup is None:
-            keys = [self._keys[i] for i in series.tolist()]
-            subscription.buffer.put(subscription.name, keys, series, timestamps, values)
-            return
-        self._accumulate(subscription, subscription.rollup, series, timestamps, values)
 
     def _accumulate(
         self,
@@ -305,7 +302,7 @@ class HubActor:
         buckets = np.array([bucket for _, bucket, _ in finished], dtype=np.int64)
         values = np.concatenate([finish(part, rollup.aggregation) for _, _, part in finished])
         keys = [self._keys[i] for i in series.tolist()]
-        subscription.buffer.put(subscription.name, keys, series, buckets, values)
+        subscription.buffer.put(subscription.name, FeedSamples(keys, series, buckets, values))
 
     async def _tick(self) -> None:
         while True:

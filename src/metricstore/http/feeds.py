@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
+import orjson
 import trio
 from quart import Blueprint, Response, request, websocket
 
@@ -21,7 +22,14 @@ from metricstore.actors.feed import FeedBatch, FeedBuffer, FeedClosed, FeedSampl
 from metricstore.errors import MetricstoreError, ValidationError
 from metricstore.http.errors import json_response
 from metricstore.http.params import QueryParams
-from metricstore.http.wire import DecodeError, dumps_json, json_value, loads_json, loads_msgpack
+from metricstore.http.wire import (
+    DecodeError,
+    dumps_json,
+    format_timestamps,
+    json_value,
+    loads_json,
+    loads_msgpack,
+)
 from metricstore.models import DEFAULT_LIMITS, METRIC_NAME_RE, SeriesKey
 from metricstore.storage.base import check_aggregation
 from metricstore.storage.matchers import Matcher, equality_matchers
@@ -37,6 +45,10 @@ logger = logging.getLogger("metricstore.http.feeds")
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_SLOW = 1008
 CLOSE_TRY_LATER = 1013
+# Seconds after a snapshot during which new samples are checked against it
+# one by one. A sample stored while the snapshot was read reaches the feed
+# within milliseconds; after this, samples go out in their shared encoding.
+SNAPSHOT_FILTER_S = 2.0
 
 
 class FeedSource(Protocol):
@@ -79,8 +91,11 @@ class FeedLimits:
 @dataclass(slots=True)
 class _Subscription:
     token: int
-    # Newest snapshot time per series; older or equal deltas are skipped.
+    # Newest snapshot time per series; older or equal deltas are skipped
+    # until ``filter_until`` (trio time), by when any sample that raced the
+    # snapshot has long been delivered.
     snapshot_ts: dict[SeriesKey, int] = field(default_factory=dict)
+    filter_until: float = 0.0
     # Deltas that arrived before the snapshot was sent.
     held: list[FeedSamples] | None = field(default_factory=list)
 
@@ -157,10 +172,11 @@ class _FeedConnection:
         snapshot = snapshot_samples(latest, subscription.snapshot_ts, self.binary)
         await self.send({"type": "snapshot", "id": request_.name, "samples": snapshot})
 
+        subscription.filter_until = trio.current_time() + SNAPSHOT_FILTER_S
         held = subscription.held or []
         subscription.held = None
         for samples in held:
-            await self.send_samples(samples)
+            await self.send_samples(request_.name, samples)
 
     async def unsubscribe(self, message: dict[str, Any]) -> None:
         name = message.get("id")
@@ -169,23 +185,31 @@ class _FeedConnection:
             raise ValidationError("id", name, "no open subscription has this id")
         await self.source.unsubscribe(subscription.token)
 
-    async def send_samples(self, samples: FeedSamples) -> None:
-        subscription = self.subscriptions.get(samples.subscription)
+    async def send_samples(self, name: str, samples: FeedSamples) -> None:
+        subscription = self.subscriptions.get(name)
         if subscription is None:
             return
         if subscription.held is not None:
             subscription.held.append(samples)
             return
-        encoded = delta_samples(samples, subscription.snapshot_ts, self.binary)
-        if encoded:
-            await self.send({"type": "samples", "id": samples.subscription, "samples": encoded})
+        if subscription.snapshot_ts and trio.current_time() < subscription.filter_until:
+            encoded = delta_samples(samples, subscription.snapshot_ts, self.binary)
+            if encoded:
+                await self.send({"type": "samples", "id": name, "samples": encoded})
+            return
+        subscription.snapshot_ts.clear()
+        # The samples' encoding is shared by every subscriber of the same
+        # selector; only the frame header is made per subscription.
+        async with self.send_lock:
+            if not self.closed:
+                await websocket.send(samples_frame(name, samples, self.binary))
 
     async def deliver(self, batch: FeedBatch) -> None:
         for name, count in batch.dropped.items():
             if name in self.subscriptions:
                 await self.send({"type": "dropped", "id": name, "count": count})
-        for samples in batch.samples:
-            await self.send_samples(samples)
+        for name, samples in batch.samples:
+            await self.send_samples(name, samples)
 
     async def close_all(self) -> None:
         for subscription in self.subscriptions.values():
@@ -273,6 +297,43 @@ def delta_samples(
                 del snapshot_ts[key]
         encoded.append(sample_dict(key, timestamp, value, binary))
     return encoded
+
+
+def _sample_dicts(samples: FeedSamples, binary: bool) -> list[dict[str, Any]]:
+    stamps = format_timestamps(samples.timestamps)
+    values: list[Any] = samples.values.tolist()
+    if not binary:
+        values = [json_value(value) for value in values]
+    labels_of: dict[SeriesKey, dict[str, str]] = {}
+    encoded = []
+    for key, stamp, value in zip(samples.keys, stamps, values, strict=True):
+        labels = labels_of.get(key)
+        if labels is None:
+            labels = labels_of[key] = dict(key[1])
+        encoded.append({"name": key[0], "labels": labels, "timestamp": stamp, "value": value})
+    return encoded
+
+
+def _encode_json(samples: FeedSamples) -> bytes:
+    return orjson.dumps(_sample_dicts(samples, binary=False))
+
+
+def _encode_msgpack(samples: FeedSamples) -> bytes:
+    packed: bytes = msgpack.packb(_sample_dicts(samples, binary=True), use_bin_type=True)
+    return packed
+
+
+def samples_frame(name: str, samples: FeedSamples, binary: bool) -> str | bytes:
+    """Build a ``samples`` frame around the shared encoding of ``samples``."""
+    if binary:
+        header: bytes = msgpack.packb({"type": "samples", "id": name}, use_bin_type=True)
+        # A map of two entries becomes one of three by its first byte, and the
+        # third entry's value is the encoded array, appended as is.
+        samples_key: bytes = msgpack.packb("samples")
+        body = samples.encoded("msgpack", _encode_msgpack)
+        return bytes([header[0] + 1]) + header[1:] + samples_key + body
+    body = samples.encoded("json", _encode_json)
+    return (b'{"type":"samples","id":' + orjson.dumps(name) + b',"samples":' + body + b"}").decode()
 
 
 def sample_dict(key: SeriesKey, timestamp: int, value: float, binary: bool) -> dict[str, Any]:
@@ -425,6 +486,7 @@ async def _event_stream(
             subscribe_request.metric, matchers=subscribe_request.matchers
         )
         snapshot = snapshot_samples(latest, snapshot_ts, binary=False)
+        filter_until = trio.current_time() + SNAPSHOT_FILTER_S
         yield _event("snapshot", {"type": "snapshot", "id": name, "samples": snapshot})
 
         while True:
@@ -436,10 +498,15 @@ async def _event_stream(
                 continue
             for count in batch.dropped.values():
                 yield _event("dropped", {"type": "dropped", "id": name, "count": count})
-            for samples in batch.samples:
-                encoded = delta_samples(samples, snapshot_ts, binary=False)
-                if encoded:
-                    yield _event("samples", {"type": "samples", "id": name, "samples": encoded})
+            for _, samples in batch.samples:
+                if snapshot_ts and trio.current_time() < filter_until:
+                    encoded = delta_samples(samples, snapshot_ts, binary=False)
+                    if encoded:
+                        yield _event("samples", {"type": "samples", "id": name, "samples": encoded})
+                    continue
+                frame = samples_frame(name, samples, binary=False)
+                assert isinstance(frame, str)
+                yield f"event: samples\ndata: {frame}\n\n".encode()
     except FeedClosed as closed:
         on_closed(peer, buffer, str(closed))
         yield _event("error", {"type": "error", "error": str(closed)})

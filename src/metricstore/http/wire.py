@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from metricstore.batch import RowDecoder, SampleBatch
@@ -176,18 +177,23 @@ def json_value(value: float) -> float | str:
     return value
 
 
+def format_timestamps(times: npt.NDArray[np.int64]) -> list[str]:
+    """Format epoch milliseconds as RFC 3339 UTC strings, vectorized."""
+    if times.size and times.min() < _YEAR_1000_MS:
+        # numpy writes years before 1000 without zero padding.
+        return [format_rfc3339(ms) for ms in times.tolist()]
+    stamps = np.datetime_as_string(times.astype("datetime64[ms]"), unit="ms")
+    formatted: list[str] = np.char.add(stamps, "Z").tolist()
+    return formatted
+
+
 def encode_series(results: Sequence[SeriesResult]) -> list[dict[str, Any]]:
     """Build the JSON shape of series results; times become RFC 3339 UTC strings."""
     if not results:
         return []
     # One vectorized conversion for every point of every series.
     times = np.concatenate([result.timestamps for result in results])
-    if times.size and times.min() < _YEAR_1000_MS:
-        # numpy writes years before 1000 without zero padding.
-        stamp_list = [format_rfc3339(ms) for ms in times.tolist()]
-    else:
-        stamps = np.datetime_as_string(times.astype("datetime64[ms]"), unit="ms")
-        stamp_list = np.char.add(stamps, "Z").tolist()
+    stamp_list = format_timestamps(times)
     all_values = np.concatenate([result.values for result in results])
     values: list[float | str] = all_values.tolist()
     for position in np.flatnonzero(~np.isfinite(all_values)).tolist():
