@@ -29,6 +29,10 @@ from metricstore.times import (
 )
 
 _YEAR_1000_MS = -30_610_224_000_000
+# Bounds of the row fast path; values beyond them take the checked path.
+_MIN_SECONDS = MIN_TIME_MS / 1000
+_MAX_SECONDS = MAX_TIME_MS / 1000
+_INT_LIMIT = 2**53
 ROW_FIELDS = frozenset({"name", "value", "timestamp", "labels", "unit"})
 _REQUIRED_ROW_FIELDS = ("name", "value", "timestamp")
 
@@ -125,6 +129,39 @@ def decode_rows(
 
 
 def _decode_row(decoder: RowDecoder, position: int, row: object) -> str | None:
+    # Fast path for the common row: known fields only, a float or int value
+    # and Unix seconds in range. Anything else takes the checked path below.
+    if isinstance(row, dict) and row.keys() <= ROW_FIELDS:
+        value = row.get("value")
+        timestamp = row.get("timestamp")
+        name = row.get("name")
+        if (
+            name is not None
+            and (
+                isinstance(value, float)
+                or (
+                    isinstance(value, int)
+                    and not isinstance(value, bool)
+                    and -_INT_LIMIT < value < _INT_LIMIT
+                )
+            )
+            and isinstance(timestamp, int | float)
+            and not isinstance(timestamp, bool)
+            and _MIN_SECONDS <= timestamp <= _MAX_SECONDS
+        ):
+            decoder.add(
+                position,
+                name,
+                row.get("labels"),
+                row.get("unit"),
+                float(value),
+                round(timestamp * 1000),
+            )
+            return None
+    return _decode_row_checked(decoder, position, row)
+
+
+def _decode_row_checked(decoder: RowDecoder, position: int, row: object) -> str | None:
     if not isinstance(row, dict):
         return f"invalid row {row!r:.80}: a row must be an object with name, value and timestamp"
     unknown = set(row) - ROW_FIELDS
