@@ -3,7 +3,9 @@
 The ingest actor hands the hub every stored batch without waiting (a full
 hub mailbox drops the batch for the feeds and the hub reports the loss to
 every subscriber). The hub puts matching samples into each subscriber's
-FeedBuffer, which never blocks either, so no subscriber can slow ingestion.
+FeedBuffer, which never blocks either, so ingestion never waits for a
+subscriber. Feeds and ingestion do share the thread's CPU: heavy fan-out
+slows ingestion down (docs/benchmarks.md measures by how much).
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ class HubActor:
                 subscription.buffer.put(subscription.name, shared)
 
     async def _learn_keys(self, series: Int64Array) -> bool:
-        """Learn the keys of unseen series ids; False if the index could not say."""
+        """Fetch the keys of unseen series ids from the index; False if it failed."""
         size = int(series.max()) + 1 if series.size else 0
         if size > self._code_of.size:
             grown = max(size, self._code_of.size * 2)

@@ -28,7 +28,7 @@ from metricstore.storage.shard import DEFAULT_BLOCK_WINDOW_MS, ShardStore
 
 logger = logging.getLogger("metricstore.actors.shard")
 
-# How fsync is done: before acks (batch), on a timer (interval), or never.
+# The fsync policy of the log: before acks (batch), on a timer (interval), or never.
 FsyncMode = Literal["batch", "interval", "off"]
 # Most requests handled between two commits of the log.
 MAX_GROUP = 64

@@ -34,7 +34,7 @@ class PipelineConfig:
     policy: RetentionPolicy
     limits: Limits = DEFAULT_LIMITS
     shards: int = 2
-    # Messages each actor's mailbox holds before senders wait.
+    # Messages an actor's mailbox takes before senders wait.
     mailbox_size: int = 64
     # How long a write waits for room in the ingest mailbox before the
     # client is told to retry.
