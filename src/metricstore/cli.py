@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import gc
 import logging
@@ -292,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     # collecting less often keeps that cost proportional to the garbage.
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+    _return_large_frees_to_the_system()
     try:
         trio.run(serve_until_signalled, config)
     except (OSError, DataDirectoryError) as error:
@@ -305,6 +307,30 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("could not start: %s", _first_leaf(matched))
         return 1
     return 0
+
+
+# glibc's mallopt parameter number for the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+
+
+def _return_large_frees_to_the_system() -> None:
+    """Fix glibc's mmap threshold so freed block buffers leave the process.
+
+    glibc raises the threshold each time a large mmapped buffer is freed, so
+    later buffers of block merges come from the heap and stay in the RSS
+    after they are freed. With a fixed threshold they are mmapped and
+    returned. bench/query_latency.py measured the RSS growth per stored
+    sample at 41.5 bytes without this, 22.4 with 4 MiB and 17.7 with 128 KiB;
+    bench/ws_ingest.py measured columnar ingest 2.52M, 2.15M (1 MiB) and
+    1.85M samples/s, because smaller mmapped buffers cost page faults. 4 MiB
+    keeps the ingest rate. Other C libraries are left alone.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        logger.debug("mallopt is not available; the default malloc settings stay")
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> BaseException:
