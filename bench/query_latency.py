@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="storage of the started servers: memory (--in-memory), or durable in a fresh "
         "temporary --data-dir with the server's default fsync (default %(default)s)",
     )
+    parser.add_argument(
+        "--format",
+        choices=["points", "columns"],
+        default="points",
+        help="answer format the queries ask for (default %(default)s)",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument(
         "--profile-dir", help="record the server with py-spy into DIR/query_NAME.txt (raw)"
@@ -188,7 +194,9 @@ def time_query(
 def series_shape(expected_series: int, min_points: int, max_points: int) -> Any:
     def check(document: dict[str, Any]) -> dict[str, int]:
         series = document["series"]
-        points = [len(entry["points"]) for entry in series]
+        # The default answer has a list of points per series; the columnar
+        # one (format=columns) a list of timestamps.
+        points = [len(entry.get("points", entry.get("timestamps", []))) for entry in series]
         if len(series) != expected_series or not all(
             min_points <= count <= max_points for count in points
         ):
@@ -240,6 +248,11 @@ def latency_phase(args: argparse.Namespace) -> dict[str, Any]:
                 series_shape(per_namespace, 50, 61),
             ),
         }
+        if args.format != "points":
+            queries = {
+                name: (path, [*params, ("format", args.format)], check)
+                for name, (path, params, check) in queries.items()
+            }
         report["queries"] = {}
         with httpx.Client(base_url=server.base_url, timeout=REQUEST_TIMEOUT_S) as client:
             for name, (path, params, check) in queries.items():

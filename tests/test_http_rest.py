@@ -637,3 +637,35 @@ async def test_healthz_ok(client: httpx.AsyncClient) -> None:
 @bounded
 async def test_readyz_ready(client: httpx.AsyncClient) -> None:
     assert await get_json(client, "/readyz") == {"status": "ready"}
+
+
+@bounded
+async def test_columns_format_same_data(client: httpx.AsyncClient, now_s: float) -> None:
+    when = int(now_s) - 120
+    rows = [
+        {"name": "colfmt", "value": v, "timestamp": when + i, "labels": {"c": "a"}}
+        for i, v in enumerate([1.5, "NaN", 3.0])
+    ]
+    assert (await client.post("/metrics/", json={"metrics": rows})).status_code == 200
+    for path in ("/metrics/colfmt", "/metrics/colfmt/latest", "/metrics/colfmt/range"):
+        params = {"duration": "1h"} if not path.endswith("latest") else {}
+        points = strict_json(await client.get(path, params=params))["series"]
+        columns = strict_json(await client.get(path, params={**params, "format": "columns"}))
+        assert len(columns["series"]) == len(points) == 1
+        series = columns["series"][0]
+        assert series["labels"] == {"c": "a"}
+        assert series["timestamps"] == [p["timestamp"] for p in points[0]["points"]]
+        assert series["values"] == [p["value"] for p in points[0]["points"]]
+    raw = strict_json(
+        await client.get("/metrics/colfmt", params={"duration": "1h", "format": "columns"})
+    )
+    assert raw["series"][0]["values"] == [1.5, "NaN", 3.0]
+    assert raw["series"][0]["timestamps"] == [iso(when), iso(when + 1), iso(when + 2)]
+
+
+@bounded
+async def test_bad_format_named(client: httpx.AsyncClient) -> None:
+    response = await client.get("/metrics/x/latest", params={"format": "csv"})
+    assert response.status_code == 400
+    assert response.json()["field"] == "format"
+    assert "must be points or columns" in response.json()["error"]

@@ -57,6 +57,15 @@ class QueryParams:
             )
         return window
 
+    def answer_format(self) -> str:
+        """Read ``format``: ``points`` (the default) or ``columns``."""
+        value = self._single("format")
+        if value is None:
+            return "points"
+        if value not in ("points", "columns"):
+            raise ValidationError("format", value, "must be points or columns")
+        return value
+
     def aggregation(self, default: Aggregation | None) -> Aggregation | None:
         value = self._single("aggregation")
         return default if value is None else check_aggregation(value)

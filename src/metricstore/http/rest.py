@@ -14,6 +14,7 @@ from metricstore.http.wire import (
     DecodeError,
     decode_rows,
     encode_series,
+    encode_series_columns,
     format_time_or_none,
     loads_json,
     loads_msgpack,
@@ -63,7 +64,11 @@ def create_metrics_router(
             )
 
     def series_document(
-        metric_name: str, window: TimeWindow, results: list[SeriesResult], **extra: Any
+        metric_name: str,
+        window: TimeWindow,
+        results: list[SeriesResult],
+        params: QueryParams,
+        **extra: Any,
     ) -> dict[str, Any]:
         check_size(results)
         return {
@@ -71,8 +76,13 @@ def create_metrics_router(
             "start": format_time_or_none(window.start_ms),
             "end": format_time_or_none(window.end_ms),
             **extra,
-            "series": encode_series(results),
+            "series": encode(results, params),
         }
+
+    def encode(results: list[SeriesResult], params: QueryParams) -> list[dict[str, Any]]:
+        if params.answer_format() == "columns":
+            return encode_series_columns(results)
+        return encode_series(results)
 
     @blueprint.get("/")
     async def metric_names() -> Response:
@@ -149,21 +159,23 @@ def create_metrics_router(
 
     @blueprint.get("/<metric_name>")
     async def samples(metric_name: str) -> Response:
-        params = QueryParams(request.args, (*_WINDOW_PARAMS, "aggregation"))
+        params = QueryParams(request.args, (*_WINDOW_PARAMS, "aggregation", "format"))
         window = params.window(query_engine.now_ms())
         aggregation = params.aggregation(None)
         results = await query_engine.read_metrics(metric_name, window, params.labels(), aggregation)
-        return json_response(series_document(metric_name, window, results, aggregation=aggregation))
+        return json_response(
+            series_document(metric_name, window, results, params, aggregation=aggregation)
+        )
 
     @blueprint.get("/<metric_name>/latest")
     async def latest(metric_name: str) -> Response:
-        params = QueryParams(request.args, ("label",))
+        params = QueryParams(request.args, ("label", "format"))
         results = await query_engine.read_latest(metric_name, params.labels())
-        return json_response({"metric": metric_name, "series": encode_series(results)})
+        return json_response({"metric": metric_name, "series": encode(results, params)})
 
     @blueprint.get("/<metric_name>/range")
     async def range_(metric_name: str) -> Response:
-        params = QueryParams(request.args, (*_WINDOW_PARAMS, "step", "aggregation"))
+        params = QueryParams(request.args, (*_WINDOW_PARAMS, "step", "aggregation", "format"))
         now_ms = query_engine.now_ms()
         window = params.window(now_ms)
         step_ms = params.duration("step") or DEFAULT_STEP_MS
@@ -179,6 +191,7 @@ def create_metrics_router(
                 metric_name,
                 TimeWindow(start_ms, end_ms),
                 results,
+                params,
                 step=step_ms / 1000,
                 aggregation=aggregation,
             )
