@@ -77,6 +77,11 @@ class QueryActor:
         except MetricstoreError as error:
             # The pipeline is shutting down under this request.
             await reply(envelope, {"error": str(error)})
+        except Exception:
+            # Reads change no state, so a failed one costs only its request,
+            # never the server.
+            logger.exception("query actor failed to serve a request")
+            await reply(envelope, {"error": "internal error while reading"})
         finally:
             self._slots.release()
 
