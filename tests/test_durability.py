@@ -14,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import msgpack
+import numpy as np
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
@@ -32,6 +34,7 @@ from metricstore import (
 from metricstore.errors import DataDirectoryError, StorageUnavailableError
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
 from metricstore.server import ServerConfig
+from metricstore.storage.durable import decode_record, encode_record
 from metricstore.storage.wal import list_segments
 from test_cli import free_port, wait_ready
 
@@ -501,3 +504,21 @@ async def test_block_window_cuts_head(tmp_path: Path) -> None:
         # cut it first; the blocks hold the first two samples.
         assert len(raw_blocks(tmp_path, "0")) == 1
     assert await stored_values(tmp_path, clock, **settings) == [0.0, 1.0, 2.0]
+
+
+def test_log_records_compressed_and_old_ones_read() -> None:
+    series = np.repeat(np.arange(100, dtype=np.int64), 10)
+    times = np.tile(np.arange(10, dtype=np.int64) * 15_000, 100) + 1_700_000_000_000
+    values = np.round(np.linspace(0, 100, series.size), 2)
+    record = encode_record(series, times, values)
+    assert len(record) < series.size * 24 / 2
+    for payload in (
+        record,
+        msgpack.packb(
+            {"series": series.tobytes(), "timestamps": times.tobytes(), "values": values.tobytes()}
+        ),
+    ):
+        got_series, got_times, got_values = decode_record(payload)
+        assert np.array_equal(got_series, series)
+        assert np.array_equal(got_times, times)
+        assert np.array_equal(got_values, values)

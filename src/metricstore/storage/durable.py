@@ -38,6 +38,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import zstandard
 
 from metricstore.storage.blocks import Float64Array, Int64Array, RawBlock, RollupBlock
 from metricstore.storage.codec import (
@@ -61,6 +62,9 @@ from metricstore.storage.wal import (
 logger = logging.getLogger("metricstore.storage.durable")
 
 MANIFEST = "MANIFEST"
+# Every zstd frame starts with these bytes; a msgpack map never does.
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_RECORD_COMPRESSOR = zstandard.ZstdCompressor(level=1)
 # A block in memory covered by more files than this is written as one file
 # at the next checkpoint. Each checkpoint writes only the new head block,
 # and merges in memory keep the files they came from, so a sample is
@@ -233,16 +237,25 @@ class ShardFiles:
 
 
 def encode_record(series: Int64Array, timestamps: Int64Array, values: Float64Array) -> bytes:
+    """Encode stored samples for the log: msgpack columns, compressed with zstd.
+
+    zstd at level 1 cuts a record of 24 bytes per sample to about 6 on
+    container metrics (bench/disk_usage.py) at several hundred MB/s, so
+    less is written and fsynced per batch and less is read at recovery.
+    """
     record = {
         "series": np.ascontiguousarray(series, dtype="<i8").tobytes(),
         "timestamps": np.ascontiguousarray(timestamps, dtype="<i8").tobytes(),
         "values": np.ascontiguousarray(values, dtype="<f8").tobytes(),
     }
     packed: bytes = msgpack.packb(record, use_bin_type=True)
-    return packed
+    return _RECORD_COMPRESSOR.compress(packed)
 
 
 def decode_record(payload: bytes) -> tuple[Int64Array, Int64Array, Float64Array]:
+    """Decode a log record; plain msgpack records of earlier versions read too."""
+    if payload.startswith(_ZSTD_MAGIC):
+        payload = zstandard.ZstdDecompressor().decompress(payload)
     record = msgpack.unpackb(payload, raw=False)
     return (
         np.frombuffer(record["series"], dtype="<i8").astype(np.int64),
