@@ -22,7 +22,7 @@ from metricstore.actors.messages import (
     read_ints,
     send_request,
 )
-from metricstore.batch import SampleBatch, SeriesDefinition
+from metricstore.batch import SeriesDefinition
 from metricstore.errors import MetricstoreError, StorageUnavailableError
 from metricstore.models import Limits, RetentionPolicy, SeriesKey
 from metricstore.storage.base import (
@@ -30,10 +30,10 @@ from metricstore.storage.base import (
     Rejection,
     TimeSeriesStorage,
     check_aggregation,
+    retention_window,
 )
 from metricstore.storage.matchers import Matcher
 from metricstore.storage.results import Aggregation, SeriesResult
-from metricstore.storage.shard import MAX_TIME
 
 
 class ActorTimeSeriesStorage(TimeSeriesStorage):
@@ -88,65 +88,44 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
     def known_series(self) -> Container[SeriesKey]:
         return self._id_of_key
 
-    async def ingest_batch(self, batch: SampleBatch) -> IngestResult:
-        slot_ids = np.empty(len(batch.series), dtype=np.int64)
-        slot_shards = np.empty(len(batch.series), dtype=np.int64)
+    async def resolve_series(
+        self, definitions: list[SeriesDefinition]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], dict[int, str]]:
+        ids = np.empty(len(definitions), dtype=np.int64)
+        shards = np.empty(len(definitions), dtype=np.int64)
         unknown: list[int] = []
-        for slot, definition in enumerate(batch.series):
+        for slot, definition in enumerate(definitions):
             cached = self._id_of_key.get(definition.key)
             # A new unit must reach the index, which records it.
             if cached is None or (definition.unit and definition.unit != cached[2]):
                 unknown.append(slot)
             else:
-                slot_ids[slot], slot_shards[slot] = cached[0], cached[1]
+                ids[slot], shards[slot] = cached[0], cached[1]
         errors: dict[int, str] = {}
-        if unknown:
-            ids, shards, unknown_errors = await self.resolve_series(
-                [batch.series[slot] for slot in unknown]
-            )
-            for position, slot in enumerate(unknown):
-                slot_ids[slot], slot_shards[slot] = ids[position], shards[position]
-                if position in unknown_errors:
-                    errors[slot] = unknown_errors[position]
+        if not unknown:
+            return ids, shards, errors
 
-        series = slot_ids[batch.series_index] if batch.size else batch.series_index
-        known = series >= 0
-        rejected = [
-            Rejection(position, errors[slot])
-            for position, slot in zip(
-                batch.positions[~known].tolist(), batch.series_index[~known].tolist(), strict=True
-            )
-        ]
-        shards = slot_shards[batch.series_index] if batch.size else batch.series_index
-        result = await self.ingest_resolved(
-            series[known],
-            shards[known],
-            batch.timestamps[known],
-            batch.values[known],
-            batch.positions[known],
-        )
-        if rejected:
-            result.rejected.extend(rejected)
-            result.rejected.sort(key=lambda rejection: rejection.index)
-        return result
-
-    async def resolve_series(
-        self, definitions: list[SeriesDefinition]
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], dict[int, str]]:
         answer = await self._call(
             self._index,
-            {"type": "resolve", "series": [encode_key(d.key, d.unit) for d in definitions]},
+            {
+                "type": "resolve",
+                "series": [
+                    encode_key(definitions[slot].key, definitions[slot].unit) for slot in unknown
+                ],
+            },
         )
-        errors = {int(slot): str(error) for slot, error in answer["errors"]}
-        ids, shards = read_ints(answer["ids"]), read_ints(answer["shards"])
+        resolved_ids, resolved_shards = read_ints(answer["ids"]), read_ints(answer["shards"])
+        for position, error in answer["errors"]:
+            errors[unknown[int(position)]] = str(error)
         if len(self._id_of_key) > 2 * self._limits.max_series:
             # Bounds the caches under series churn; they refill on demand.
             self._id_of_key.clear()
             self._key_of_id.clear()
-        for definition, series_id, shard in zip(
-            definitions, ids.tolist(), shards.tolist(), strict=True
-        ):
+        for position, slot in enumerate(unknown):
+            series_id, shard = int(resolved_ids[position]), int(resolved_shards[position])
+            ids[slot], shards[slot] = series_id, shard
             if series_id >= 0:
+                definition = definitions[slot]
                 self._id_of_key[definition.key] = (series_id, shard, definition.unit)
                 self._key_of_id[series_id] = definition.key
         return ids, shards, errors
@@ -189,9 +168,8 @@ class ActorTimeSeriesStorage(TimeSeriesStorage):
     # -- reads ---------------------------------------------------------------
 
     def _window(self, start_ms: int | None, end_ms: int | None) -> tuple[int, int]:
-        floor = round(self._clock() * 1000) - self.policy.retention_ms
-        start = floor if start_ms is None else max(start_ms, floor)
-        return start, MAX_TIME if end_ms is None else end_ms
+        now_ms = round(self._clock() * 1000)
+        return retention_window(start_ms, end_ms, now_ms, self.policy.retention_ms)
 
     async def _read(self, message: Message) -> list[SeriesResult]:
         answer = await self._call(self._query, message)

@@ -16,6 +16,7 @@ from metricstore.errors import ValidationError
 from metricstore.models import Limits, MetricValue, SeriesKey
 from metricstore.storage.matchers import Matcher
 from metricstore.storage.results import AGGREGATIONS, Aggregation, SeriesResult
+from metricstore.storage.shard import MAX_TIME
 from metricstore.times import datetime_to_ms, ms_to_datetime
 
 
@@ -84,9 +85,33 @@ class TimeSeriesStorage(ABC):
         """Keys of series this storage validated before; input decoders skip them."""
         return frozenset()
 
-    @abstractmethod
     async def ingest_batch(self, batch: SampleBatch) -> IngestResult:
-        """Store a columnar batch; rejections carry ``batch.positions`` values."""
+        """Store a columnar batch; rejections carry ``batch.positions`` values.
+
+        The batch's series are resolved to ids first; samples of a series
+        that is rejected are rejected with its reason.
+        """
+        slot_ids, slot_shards, errors = await self.resolve_series(batch.series)
+        series = slot_ids[batch.series_index] if batch.size else batch.series_index
+        shards = slot_shards[batch.series_index] if batch.size else batch.series_index
+        known = series >= 0
+        rejected = [
+            Rejection(position, errors[slot])
+            for position, slot in zip(
+                batch.positions[~known].tolist(), batch.series_index[~known].tolist(), strict=True
+            )
+        ]
+        result = await self.ingest_resolved(
+            series[known],
+            shards[known],
+            batch.timestamps[known],
+            batch.values[known],
+            batch.positions[known],
+        )
+        if rejected:
+            result.rejected.extend(rejected)
+            result.rejected.sort(key=lambda rejection: rejection.index)
+        return result
 
     @abstractmethod
     async def resolve_series(
@@ -182,6 +207,15 @@ class TimeSeriesStorage(ABC):
         labels: dict[str, str] | None = None,
     ) -> list[SeriesResult]:
         """Aggregate each matching series over the whole range into one point."""
+
+
+def retention_window(
+    start_ms: int | None, end_ms: int | None, now_ms: int, retention_ms: int
+) -> tuple[int, int]:
+    """Clamp a read's bounds to the retention period; open bounds become closed."""
+    floor = now_ms - retention_ms
+    start = floor if start_ms is None else max(start_ms, floor)
+    return start, MAX_TIME if end_ms is None else end_ms
 
 
 def check_aggregation(aggregation: object) -> Aggregation:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from metricstore.batch import SampleBatch, SeriesDefinition
+from metricstore.batch import SeriesDefinition
 from metricstore.errors import ValidationError
 from metricstore.models import DEFAULT_LIMITS, Limits, RetentionPolicy, SeriesKey
 from metricstore.storage.aggregate import aggregate_range, aggregate_whole
@@ -19,13 +19,13 @@ from metricstore.storage.base import (
     Rejection,
     TimeSeriesStorage,
     check_aggregation,
+    retention_window,
 )
 from metricstore.storage.index import SeriesIds, SeriesIndex
 from metricstore.storage.matchers import Matcher
 from metricstore.storage.results import Aggregation, SeriesResult, assemble_results
 from metricstore.storage.shard import (
     DEFAULT_HEAD_CAPACITY,
-    MAX_TIME,
     AppendResult,
     RetentionResult,
     ShardStore,
@@ -82,28 +82,6 @@ class InMemoryTimeSeriesStorage(TimeSeriesStorage):
         self._index.deactivate(result.emptied)
         return result
 
-    async def ingest_batch(self, batch: SampleBatch) -> IngestResult:
-        ids, _, errors = await self.resolve_series(batch.series)
-        series = ids[batch.series_index] if batch.size else batch.series_index
-        known = series >= 0
-        rejected = [
-            Rejection(position, errors[slot])
-            for position, slot in zip(
-                batch.positions[~known].tolist(), batch.series_index[~known].tolist(), strict=True
-            )
-        ]
-        result = await self.ingest_resolved(
-            series[known],
-            np.zeros(int(known.sum()), dtype=np.int64),
-            batch.timestamps[known],
-            batch.values[known],
-            batch.positions[known],
-        )
-        if rejected:
-            result.rejected.extend(rejected)
-            result.rejected.sort(key=lambda rejection: rejection.index)
-        return result
-
     async def resolve_series(
         self, definitions: list[SeriesDefinition]
     ) -> tuple[SeriesIds, SeriesIds, dict[int, str]]:
@@ -156,10 +134,7 @@ class InMemoryTimeSeriesStorage(TimeSeriesStorage):
         return self._index.select(metric_name, labels)
 
     def _window(self, start_ms: int | None, end_ms: int | None, now_ms: int) -> tuple[int, int]:
-        floor = now_ms - self.policy.retention_ms
-        start = floor if start_ms is None else max(start_ms, floor)
-        end = MAX_TIME if end_ms is None else end_ms
-        return start, end
+        return retention_window(start_ms, end_ms, now_ms, self.policy.retention_ms)
 
     async def read_series(
         self,
