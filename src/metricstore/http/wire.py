@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import msgpack
@@ -237,26 +237,16 @@ def _flat_points(results: Sequence[SeriesResult]) -> tuple[list[str], list[float
 
 def encode_series(results: Sequence[SeriesResult]) -> list[dict[str, Any]]:
     """Build the JSON shape of series results; times become RFC 3339 UTC strings."""
-    if not results:
-        return []
-    stamp_list, values = _flat_points(results)
-    encoded = []
-    start = 0
-    for result in results:
-        end = start + int(result.timestamps.size)
-        encoded.append(
-            {
-                "name": result.name,
-                "labels": result.labels,
-                "unit": result.unit,
-                "points": [
-                    {"timestamp": stamp, "value": value}
-                    for stamp, value in zip(stamp_list[start:end], values[start:end], strict=True)
-                ],
-            }
-        )
-        start = end
-    return encoded
+
+    def points(stamps: list[str], values: list[float | str]) -> dict[str, Any]:
+        return {
+            "points": [
+                {"timestamp": stamp, "value": value}
+                for stamp, value in zip(stamps, values, strict=True)
+            ]
+        }
+
+    return _encode_each(results, points)
 
 
 def encode_series_columns(results: Sequence[SeriesResult]) -> list[dict[str, Any]]:
@@ -265,6 +255,18 @@ def encode_series_columns(results: Sequence[SeriesResult]) -> list[dict[str, Any
     It carries the same data as ``encode_series`` without an object per
     point, which is most of the cost of large answers.
     """
+
+    def columns(stamps: list[str], values: list[float | str]) -> dict[str, Any]:
+        return {"timestamps": stamps, "values": values}
+
+    return _encode_each(results, columns)
+
+
+def _encode_each(
+    results: Sequence[SeriesResult],
+    encode_points: Callable[[list[str], list[float | str]], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Encode each series' identity, with its points shaped by ``encode_points``."""
     if not results:
         return []
     stamps, values = _flat_points(results)
@@ -277,8 +279,7 @@ def encode_series_columns(results: Sequence[SeriesResult]) -> list[dict[str, Any
                 "name": result.name,
                 "labels": result.labels,
                 "unit": result.unit,
-                "timestamps": stamps[start:end],
-                "values": values[start:end],
+                **encode_points(stamps[start:end], values[start:end]),
             }
         )
         start = end
