@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--format",
         choices=["points", "columns"],
         default="points",
-        help="answer format the queries ask for (default %(default)s)",
+        help="response format the queries request (default %(default)s)",
     )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument(

@@ -141,13 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-series",
         type=int,
         default=DEFAULT_LIMITS.max_series,
-        help="most series with samples in storage (default %(default)s)",
+        help="maximum series in storage, with or without samples (default %(default)s)",
     )
     serve.add_argument(
         "--max-labels",
         type=int,
         default=DEFAULT_LIMITS.max_labels_per_series,
-        help="most labels per series (default %(default)s)",
+        help="maximum labels per series (default %(default)s)",
     )
     serve.add_argument(
         "--feed-buffer",
@@ -165,13 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-feed-connections",
         type=int,
         default=_FEED_DEFAULTS.max_feed_connections,
-        help="most live-feed connections (default %(default)s)",
+        help="maximum live-feed connections (default %(default)s)",
     )
     serve.add_argument(
         "--max-ingest-connections",
         type=int,
         default=DEFAULT_MAX_INGEST_CONNECTIONS,
-        help="most ingest WebSocket connections (default %(default)s)",
+        help="maximum ingest WebSocket connections (default %(default)s)",
     )
     serve.add_argument(
         "--log-level",

@@ -162,8 +162,7 @@ class FeedBuffer:
     async def get(self) -> FeedBatch:
         """Wait for pending samples or drop counts and take them all.
 
-        Raises FeedClosed once the buffer is closed, after nothing else is
-        pending, so a slow subscriber is told why it is disconnected.
+        Raises FeedClosed, with the reason, once the buffer is closed.
         """
         while not self._pending and not self._dropped:
             if self.closed_reason is not None:

@@ -99,8 +99,8 @@ class HubActor:
     """Owns the subscriptions; takes ``stored`` batches, ``subscribe`` and ``unsubscribe``.
 
     A ``subscribe`` envelope carries the subscriber's FeedBuffer as its
-    attachment and gets back a token for ``unsubscribe``. The hub asks the
-    index for the keys of series ids it has not seen. ``clock`` returns Unix
+    attachment and gets back a token for ``unsubscribe``. The hub requests
+    from the index the keys of series ids it has not seen. ``clock`` returns Unix
     seconds and decides when rollup buckets have ended.
     """
 

@@ -30,7 +30,7 @@ _READS = {"read_raw", "read_latest", "read_range", "read_aggregate"}
 
 
 class QueryActor:
-    """Answers reads and metadata requests, several at a time.
+    """Serves reads and metadata requests, several at a time.
 
     It owns no state, so each request runs in its own task, at most
     ``max_concurrent`` at once; a slow query does not hold up the others.

@@ -40,7 +40,7 @@ class ShardActor:
     Requests: ``append``, ``read_raw``, ``read_range``, ``read_aggregate``,
     ``read_latest``, ``retain``, ``cut_head``, ``stats``. Reads take sorted
     series ids and return rows sorted by series id. Changes of a series' liveness are
-    sent to the index actor before the request that caused them is answered.
+    sent to the index actor before the request that caused them gets its reply.
     """
 
     def __init__(
@@ -218,7 +218,7 @@ def _unavailable(message: str) -> Message:
 
 
 def _fail_writes(answer: Message | None, failure: str) -> Message | None:
-    """Turn the answer of a write into an error when its log commit failed."""
+    """Replace the reply to a write by an error when its log commit failed."""
     if answer is not None and "accepted" in answer:
         return _unavailable(failure)
     return answer

@@ -37,7 +37,7 @@ def create_app(
 ) -> QuartTrio:
     """Build the app over ``storage``.
 
-    ``/readyz`` answers 503 until ``ready`` is set (when given), so a load
+    ``/readyz`` returns 503 until ``ready`` is set (when given), so a load
     balancer waits for start-up to finish. ``enable_admin_api`` adds
     ``POST /admin/flush``. When ``shutdown`` is set, ingest connections
     close with 1001 after the frame they are storing. Live feeds are served when the
@@ -81,7 +81,7 @@ def create_app(
 
         @app.post("/admin/flush")
         async def flush() -> Response:
-            # Cuts every head into blocks; with a data directory the answer
+            # Cuts every head into blocks; with a data directory the response
             # comes once the block files and manifests are durable.
             await storage.cut_heads()
             stats = await storage.get_storage_stats()

@@ -18,7 +18,7 @@ from metricstore.http.wire import DecodeError, dumps_json
 
 logger = logging.getLogger("metricstore.http")
 
-# Seconds a client told "busy" should wait before retrying.
+# Seconds a client should wait before retrying after a busy error.
 BUSY_RETRY_AFTER_S = 1
 
 
@@ -80,7 +80,7 @@ async def _unexpected(error: Exception) -> Response:
 
 
 def register_error_handlers(target: Blueprint | Quart) -> None:
-    """Answer this package's errors with JSON ``{"error": ...}`` bodies."""
+    """Register handlers that return this package's errors as JSON ``{"error": ...}``."""
     target.register_error_handler(ValidationError, _validation_error)
     target.register_error_handler(DecodeError, _decode_error)
     target.register_error_handler(StorageBusyError, _busy)
@@ -89,7 +89,7 @@ def register_error_handlers(target: Blueprint | Quart) -> None:
 
 
 def register_app_error_handlers(app: Quart) -> None:
-    """Also answer HTTP errors (404, 405, 413) and crashes with JSON bodies."""
+    """Also return HTTP errors (404, 405, 413) and crashes as JSON bodies."""
     register_error_handlers(app)
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(Exception, _unexpected)

@@ -400,7 +400,7 @@ async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
 async def _serve_frames(
     session: IngestSession, peer: object, limits: Limits, telemetry: Telemetry | None
 ) -> bool:
-    """Answer frames until the connection ends; True if it was closed for a big frame."""
+    """Store and acknowledge frames until the connection ends; True if closed for size."""
     while True:
         frame = await websocket.receive()
         binary = isinstance(frame, bytes)

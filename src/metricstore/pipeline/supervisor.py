@@ -36,12 +36,12 @@ class PipelineConfig:
     shards: int = 2
     # Messages an actor's mailbox takes before senders wait.
     mailbox_size: int = 64
-    # How long a write waits for room in the ingest mailbox before the
-    # client is told to retry.
+    # Seconds a write waits for room in the ingest mailbox before the
+    # client gets a busy error telling it to retry.
     busy_timeout_s: float = 5.0
     retention_interval_s: float = 10.0
-    # Stored batches the hub may queue; beyond that, feeds miss batches
-    # (and are told so) rather than slow ingestion.
+    # Stored batches the hub may queue. Beyond that, feeds miss batches
+    # and get a dropped count, rather than slow ingestion down.
     hub_mailbox_size: int = 256
     head_capacity: int = DEFAULT_HEAD_CAPACITY
     clock: Callable[[], float] = field(default=time.time)
@@ -62,8 +62,8 @@ async def open_pipeline(config: PipelineConfig) -> AsyncIterator[ActorTimeSeries
 
     On exit the facade stops taking requests, then each actor drains its
     mailbox and stops once every sender to it has closed: ingest, query and
-    retention first, then the shards, then the index. Every request that
-    was accepted before exit is answered.
+    retention first, then the shards and the hub, then the index. Every
+    request accepted before exit gets its reply.
     """
     if config.shards < 1:
         raise ValueError(f"shards must be at least 1, not {config.shards}")

@@ -47,7 +47,7 @@ _FIRST = np.zeros(1, dtype=np.int64)
 
 
 class BlockCorruption(Exception):
-    """A block file that fails validation; the message says what failed."""
+    """A block file that fails validation; the message names the check that failed."""
 
 
 def _zigzag(values: Int64Array) -> npt.NDArray[np.uint64]:

@@ -12,7 +12,7 @@ from metricstore.errors import ValidationError
 from metricstore.models import LABEL_NAME_RE, SeriesKey, is_utf8
 
 MATCH_OPS = ("=", "!=", "=~", "!~")
-# Longest regex a matcher may carry; longer patterns are more likely a
+# Maximum length of a matcher's regex; longer patterns are more likely a
 # mistake than a query, and cost compile time on every subscribe.
 MAX_REGEX_LENGTH = 1024
 

@@ -63,7 +63,7 @@ class RetentionResult:
     # Series left with no samples at all; the owner of the series index
     # deactivates them.
     emptied: list[int] = field(default_factory=list)
-    # Whole blocks dropped; with the downsampled count, this tells a durable
+    # Whole blocks dropped. With the downsampled count, it shows a durable
     # owner whether a checkpoint would free disk space.
     blocks_dropped: int = 0
 

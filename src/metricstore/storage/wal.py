@@ -68,7 +68,7 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
 
 @dataclass(slots=True)
 class SegmentReadResult:
-    """What reading one segment found besides its records."""
+    """The outcome of reading one segment, besides its records."""
 
     valid_bytes: int = 0
     corruption: WALCorruption | None = None
@@ -80,7 +80,7 @@ class SegmentReadResult:
 def read_segment(path: Path, result: SegmentReadResult) -> Iterator[bytes]:
     """Yield the payloads of ``path`` up to the first damaged record.
 
-    On return, ``result`` holds the length of the intact prefix and what
+    On return, ``result`` contains the length of the intact prefix and what
     stopped the read, if anything.
     """
     data = path.read_bytes()
@@ -129,7 +129,7 @@ class WALWriter:
     Opening it never rewrites existing segments: it starts a new one after
     the newest, so a reader of the old ones is never disturbed. When a write
     or an fsync fails (disk full, I/O error), the segment is cut back to
-    its last synced record, so it never holds a partial record followed by
+    its last synced record, so it never contains a partial record followed by
     later ones; the records since that sync are lost and the error is
     raised. The next append tries again, so writing resumes once the disk
     has room.
