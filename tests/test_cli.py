@@ -122,6 +122,9 @@ def test_port_in_use_fails_cleanly() -> None:
         (["--shards", "0"], "invalid --shards 0"),
         (["--scrape", "ftp://host/metrics"], "scrape target URL"),
         (["--downsample", "1d", "--retention", "1d"], "shorter than retention_period"),
+        (["--feed-sends-per-round", "0"], "invalid --feed-sends-per-round 0: must be at least 1"),
+        (["--feed-hub-share", "0"], "invalid --feed-hub-share 0.0: must be in (0, 1]"),
+        (["--feed-hub-share", "1.5"], "invalid --feed-hub-share 1.5: must be in (0, 1]"),
     ],
 )
 def test_bad_options_named(args: list[str], fragment: str) -> None:
@@ -184,6 +187,10 @@ def test_feed_and_storage_options() -> None:
             "2s",
             "--max-feed-connections",
             "7",
+            "--feed-sends-per-round",
+            "3",
+            "--feed-hub-share",
+            "0.5",
         ]
     )
     config = config_from_args(parsed)
@@ -193,3 +200,5 @@ def test_feed_and_storage_options() -> None:
     assert config.feed_limits.buffer_samples == 500
     assert config.feed_limits.max_lag_s == 2.0
     assert config.feed_limits.max_feed_connections == 7
+    assert config.feed_limits.sends_per_round == 3
+    assert config.hub_share == 0.5

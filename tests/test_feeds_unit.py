@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
+import msgpack
 import numpy as np
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import T0, Clock, at
 from metricstore import MetricValue, RetentionPolicy
 from metricstore.actors.feed import FeedBuffer, FeedClosed, FeedSamples
+from metricstore.actors.hub import MetricFeeds, Selector
 from metricstore.errors import ValidationError
+from metricstore.http.feeds import samples_frame
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
 from metricstore.storage.index import SeriesIndex
 from metricstore.storage.matchers import Matcher, matches_key
+from metricstore.times import format_rfc3339
 
 
 def key(**labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -83,7 +90,7 @@ async def test_buffer_coalesces_newest(autojump_clock: trio.testing.MockClock) -
     push(buffer, [1, 2, 1, 2], [10, 11, 12, 13])
     push(buffer, [1, 3], [14, 15])
     batch = await buffer.get()
-    name, samples = batch.samples[0]
+    ((name, [samples]),) = batch.samples.items()
     assert name == "s"
     assert samples.timestamps.tolist() == [13, 14, 15]
     assert [k[1] for k in samples.keys] == [(("n", "2"),), (("n", "1"),), (("n", "3"),)]
@@ -131,15 +138,15 @@ async def test_hub_rollup_steps(autojump_clock: trio.testing.MockClock) -> None:
         await storage.store_metrics([MetricValue("cpu", 10.0, at(base + 12))])
         # The first sample of the next bucket closes [base, base + 10).
         batch = await buffer.get()
-        assert batch.samples[0][1].timestamps.tolist() == [base * 1000]
-        assert batch.samples[0][1].values.tolist() == [6.0]
+        assert batch.samples["r"][0].timestamps.tolist() == [base * 1000]
+        assert batch.samples["r"][0].values.tolist() == [6.0]
 
         # The open bucket is sent once the clock passes its end plus 1 s.
         await storage.store_metrics([MetricValue("cpu", 5.0, at(base + 15))])
         clock.now = base + 21
         batch = await buffer.get()
-        assert batch.samples[0][1].timestamps.tolist() == [(base + 10) * 1000]
-        assert batch.samples[0][1].values.tolist() == [15.0]
+        assert batch.samples["r"][0].timestamps.tolist() == [(base + 10) * 1000]
+        assert batch.samples["r"][0].values.tolist() == [15.0]
 
         # A late sample for a sent bucket is counted as dropped.
         await storage.store_metrics([MetricValue("cpu", 7.0, at(base + 16))])
@@ -163,8 +170,8 @@ async def test_hub_matches_new_series(autojump_clock: trio.testing.MockClock) ->
             ]
         )
         batch = await buffer.get()
-        assert batch.samples[0][1].values.tolist() == [1.0, 4.0]
-        assert batch.samples[0][1].keys == [key(c="web-1"), key(c="web-2")]
+        assert batch.samples["m"][0].values.tolist() == [1.0, 4.0]
+        assert batch.samples["m"][0].keys == [key(c="web-1"), key(c="web-2")]
 
 
 def test_regex_is_linear_time() -> None:
@@ -173,3 +180,107 @@ def test_regex_is_linear_time() -> None:
     matcher = Matcher.parse({"label": "x", "op": "=~", "value": "(a+)+b"})
     assert matches_key(key(x="a" * 2048), [matcher]) is False
     assert matches_key(key(x="a" * 2047 + "b"), [matcher]) is True
+
+
+POD_VALUES = ["a", "b", "c", "d"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pods=st.lists(st.sampled_from(POD_VALUES), min_size=1, max_size=12),
+    selectors=st.lists(
+        st.tuples(
+            st.sampled_from(["=", "!=", "=~", "!~"]), st.sampled_from(["a", "b", "a|c", ".*"])
+        ),
+        min_size=1,
+        max_size=6,
+        unique=True,
+    ),
+    rows=st.lists(st.integers(0, 11), max_size=30),
+    removed=st.integers(0, 5),
+)
+def test_metric_feeds_match_like_brute_force(
+    pods: list[str], selectors: list[tuple[str, str]], rows: list[int], removed: int
+) -> None:
+    keys = [key(pod=pod) for pod in pods]
+    feeds = MetricFeeds()
+    for op, value in selectors:
+        matcher = Matcher.parse({"label": "pod", "op": op, "value": value})
+        feeds.selectors.append(Selector("cpu", (matcher,)))
+    feeds.refresh(keys[: len(keys) // 2])
+    # A selector leaves and a series arrives after the first refresh.
+    if len(feeds.selectors) > 1:
+        del feeds.selectors[removed % len(feeds.selectors)]
+        feeds.stale = True
+    feeds.refresh(keys)
+    positions = np.array([row % len(keys) for row in rows], dtype=np.int64)
+
+    groups = feeds.match(positions)
+
+    expected = []
+    for selector in feeds.selectors:
+        matching = [
+            i for i, p in enumerate(positions.tolist()) if matches_key(keys[p], selector.matchers)
+        ]
+        if matching:
+            expected.append((id(selector), matching))
+    got = sorted((id(selector), rows_.tolist()) for selector, rows_ in groups)
+    assert got == sorted(expected)
+
+
+async def test_hub_matches_queued_batches_together(autojump_clock: trio.testing.MockClock) -> None:
+    clock = Clock(T0)
+    config = PipelineConfig(policy=RetentionPolicy("p", timedelta(days=1)), clock=clock)
+    async with open_pipeline(config) as storage:
+        buffer = FeedBuffer(1000, 60)
+        matcher = Matcher.parse({"label": "pod", "op": "=~", "value": "a|b"})
+        await storage.subscribe(buffer, "m", "cpu", [matcher])
+        for second in range(5):
+            await storage.store_metrics(
+                [
+                    MetricValue("cpu", float(second), at(T0 + second), {"pod": pod})
+                    for pod in ("a", "b", "c")
+                ]
+            )
+        # The first batch goes out at once; the hub then rests for its duty
+        # cycle while the other four queue, and matches those four together.
+        batch = await buffer.get()
+        while sum(piece.size for piece in batch.samples["m"]) < 10:
+            more = await buffer.get()
+            batch.samples["m"].extend(more.samples["m"])
+        pieces = batch.samples["m"]
+        assert len(pieces) < 5
+        values = [v for piece in pieces for v in piece.values.tolist()]
+        pods = [dict(k[1])["pod"] for piece in pieces for k in piece.keys]
+        assert values == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
+        assert pods == ["a", "b"] * 5
+
+
+@pytest.mark.parametrize("sizes", [[1, 2], [0, 3], [15, 1], [16], [40_000, 30_000]])
+@pytest.mark.parametrize("binary", [True, False])
+def test_samples_frame_joins_pieces(sizes: list[int], binary: bool) -> None:
+    pieces = []
+    start = 0
+    for size in sizes:
+        series = np.arange(start, start + size, dtype=np.int64) % 7
+        pieces.append(
+            FeedSamples(
+                [key(n=str(i)) for i in series.tolist()],
+                series,
+                np.full(size, T0 * 1000, dtype=np.int64) + np.arange(start, start + size),
+                np.arange(start, start + size, dtype=np.float64) / 4,
+            )
+        )
+        start += size
+
+    frame = samples_frame("sub-1", pieces, binary)
+
+    decoded = msgpack.unpackb(frame) if binary else json.loads(frame)
+    assert decoded["type"] == "samples"
+    assert decoded["id"] == "sub-1"
+    samples = decoded["samples"]
+    assert len(samples) == sum(sizes)
+    assert [s["value"] for s in samples] == [i / 4 for i in range(sum(sizes))]
+    if samples:
+        assert samples[-1]["labels"] == {"n": str((sum(sizes) - 1) % 7)}
+        assert samples[0]["timestamp"] == format_rfc3339(T0 * 1000)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 
+from metricstore.actors.hub import DEFAULT_HUB_SHARE
 from metricstore.actors.scraper import check_unique_targets, parse_scrape_target
 from metricstore.errors import DataDirectoryError, ValidationError
 from metricstore.http.feeds import FeedLimits
@@ -162,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     serve.add_argument(
+        "--feed-sends-per-round",
+        type=int,
+        default=_FEED_DEFAULTS.sends_per_round,
+        help="live-feed sample frames all connections together may start per round of the "
+        "event loop; lower leaves more of a busy server to ingestion (default %(default)s)",
+    )
+    serve.add_argument(
+        "--feed-hub-share",
+        type=float,
+        default=DEFAULT_HUB_SHARE,
+        help="most of the event loop's time the subscription hub spends matching stored "
+        "samples while they keep coming, as a fraction in (0, 1] (default %(default)s)",
+    )
+    serve.add_argument(
         "--max-feed-connections",
         type=int,
         default=_FEED_DEFAULTS.max_feed_connections,
@@ -190,9 +205,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     try:
         policy = RetentionPolicy(
             name="default",
-            retention_period=timedelta(
-                milliseconds=parse_duration(args.retention, "--retention")
-            ),
+            retention_period=timedelta(milliseconds=parse_duration(args.retention, "--retention")),
             downsampling_interval=downsample,
             max_points_per_series=args.max_points,
             downsample_after=timedelta(
@@ -217,10 +230,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ("--max-labels", args.max_labels),
         ("--feed-buffer", args.feed_buffer),
         ("--max-feed-connections", args.max_feed_connections),
+        ("--feed-sends-per-round", args.feed_sends_per_round),
         ("--max-ingest-connections", args.max_ingest_connections),
     ):
         if value < 1:
             raise ValidationError(option, value, "must be at least 1")
+    if not 0.0 < args.feed_hub_share <= 1.0:
+        raise ValidationError("--feed-hub-share", args.feed_hub_share, "must be in (0, 1]")
     if not 0 <= args.port <= 65535:
         raise ValidationError("--port", args.port, "must be in 0..65535")
     limits = dataclasses.replace(
@@ -252,7 +268,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             buffer_samples=args.feed_buffer,
             max_lag_s=parse_duration(args.feed_max_lag, "--feed-max-lag") / 1000,
             max_feed_connections=args.max_feed_connections,
+            sends_per_round=args.feed_sends_per_round,
         ),
+        hub_share=args.feed_hub_share,
     )
 
 

@@ -11,6 +11,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from metricstore.actors.hub import DEFAULT_HUB_SHARE
 from metricstore.actors.scraper import ScrapeTarget, run_scraper
 from metricstore.actors.shard import FsyncMode
 from metricstore.http.app import SELF_METRICS_PATH, create_app
@@ -43,6 +44,7 @@ class ServerConfig:
     self_scrape: bool = True
     retention_interval_s: float = 10.0
     feed_limits: FeedLimits = field(default_factory=FeedLimits)
+    hub_share: float = DEFAULT_HUB_SHARE
     # Where data is kept durably; None keeps it in memory only.
     data_dir: Path | None = None
     fsync: FsyncMode = "batch"
@@ -76,6 +78,7 @@ async def run_server(
         fsync=config.fsync,
         fsync_interval_s=config.fsync_interval_s,
         block_window_ms=config.block_window_ms,
+        hub_share=config.hub_share,
     )
     ready = trio.Event()
     telemetry = Telemetry()

@@ -59,9 +59,12 @@ class FeedSamples:
 
 @dataclass(slots=True)
 class FeedBatch:
-    """Everything a subscriber has pending: samples and drop counts per subscription."""
+    """Everything a subscriber has pending: samples and drop counts per subscription.
 
-    samples: list[tuple[str, FeedSamples]] = field(default_factory=list)
+    ``samples`` holds each subscription's pieces in the order they came.
+    """
+
+    samples: dict[str, list[FeedSamples]] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -172,9 +175,7 @@ class FeedBuffer:
         if self.closed_reason is not None:
             raise FeedClosed(self.closed_reason)
 
-        batch = FeedBatch(dropped=self._dropped)
-        for subscription, pieces in self._pending.items():
-            batch.samples.extend((subscription, piece) for piece in pieces)
+        batch = FeedBatch(self._pending, self._dropped)
         self._pending = {}
         self._dropped = {}
         self._size = 0

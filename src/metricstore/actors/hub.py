@@ -4,8 +4,14 @@ The ingest actor hands the hub every stored batch without waiting (a full
 hub mailbox drops the batch for the feeds and the hub reports the loss to
 every subscriber). The hub puts matching samples into each subscriber's
 FeedBuffer, which never blocks either, so ingestion never waits for a
-subscriber. Feeds and ingestion do share the thread's CPU: heavy fan-out
-slows ingestion down (docs/benchmarks.md measures by how much).
+subscriber.
+
+Feeds and ingestion share the thread's CPU, so the hub keeps to a duty
+cycle (``pacing.DutyCycle``): after matching, it rests in proportion to
+the time it took, and the batches stored meanwhile are matched together
+in its next step. Matching costs numpy work per stored sample and Python
+work per selector that matched something, not per selector and sample:
+each metric keeps, per series, the list of selectors that match it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from metricstore.actors.messages import (
     send_request,
     unpack,
 )
+from metricstore.actors.pacing import DutyCycle
 from metricstore.errors import MetricstoreError, ValidationError
 from metricstore.models import SeriesKey
 from metricstore.storage.aggregate import finish
@@ -47,6 +54,9 @@ logger = logging.getLogger("metricstore.actors.hub")
 ROLLUP_GRACE_MS = 1000
 # How often the hub checks for finished rollup buckets, in seconds.
 ROLLUP_TICK_S = 0.25
+# Max share of the thread's time the hub spends matching while stored
+# batches keep coming. The rest is for ingestion and the feed writers.
+DEFAULT_HUB_SHARE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,23 +75,86 @@ class Selector:
 
     metric: str
     matchers: tuple[Matcher, ...]
-    # Per series of the metric: 1 matches, 0 does not, -1 not decided yet.
-    verdicts: npt.NDArray[np.int8] = field(default_factory=lambda: np.full(0, -1, np.int8))
+    # Per series of the metric, by position: 1 matches, 0 does not. The
+    # first ``verdicts.size`` positions are decided.
+    verdicts: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))
     subscriptions: set[int] = field(default_factory=set)
 
-    def decide(
-        self, series_ids: Int64Array, positions: Int64Array, keys: dict[int, SeriesKey]
-    ) -> None:
-        size = int(positions.max()) + 1
-        if size > self.verdicts.size:
-            grown = np.full(max(size, self.verdicts.size * 2), -1, dtype=np.int8)
-            grown[: self.verdicts.size] = self.verdicts
-            self.verdicts = grown
-        undecided = self.verdicts[positions] < 0
-        for series_id, position in zip(
-            series_ids[undecided].tolist(), positions[undecided].tolist(), strict=True
-        ):
-            self.verdicts[position] = int(matches_key(keys[series_id], self.matchers))
+    def decide(self, keys: list[SeriesKey]) -> bool:
+        """Decide the series at positions ``verdicts.size`` up to ``len(keys)``.
+
+        ``keys`` contains the metric's series keys by position. Returns
+        whether any verdict was added.
+        """
+        start = self.verdicts.size
+        if start >= len(keys):
+            return False
+        added = np.fromiter(
+            (matches_key(key, self.matchers) for key in keys[start:]),
+            dtype=np.int8,
+            count=len(keys) - start,
+        )
+        self.verdicts = np.concatenate((self.verdicts, added))
+        return True
+
+
+@dataclass(slots=True)
+class MetricFeeds:
+    """The selectors of one metric and, per series of it, which of them match.
+
+    The matches are kept in compressed sparse rows: the selectors matching
+    the series at position ``p`` are ``selectors[i]`` for ``i`` in
+    ``slots[offsets[p]:offsets[p + 1]]``. Adding or removing a selector, or
+    a new series of the metric, marks them for a rebuild.
+    """
+
+    selectors: list[Selector] = field(default_factory=list)
+    offsets: Int64Array = field(default_factory=lambda: np.zeros(1, np.int64))
+    slots: Int64Array = field(default_factory=lambda: np.zeros(0, np.int64))
+    stale: bool = True
+
+    def refresh(self, keys: list[SeriesKey]) -> None:
+        """Decide new series for every selector and rebuild the matches if anything changed."""
+        changed = self.stale
+        for selector in self.selectors:
+            changed = selector.decide(keys) or changed
+        if not changed:
+            return
+        matched = [np.flatnonzero(selector.verdicts) for selector in self.selectors]
+        positions = np.concatenate(matched) if matched else np.zeros(0, np.int64)
+        slots = np.repeat(np.arange(len(matched), dtype=np.int64), [part.size for part in matched])
+        order = np.argsort(positions, kind="stable")
+        self.slots = slots[order]
+        self.offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(positions, minlength=len(keys)), out=self.offsets[1:])
+        self.stale = False
+
+    def match(self, positions: Int64Array) -> list[tuple[Selector, Int64Array]]:
+        """Group the rows of a batch by the selectors their series match.
+
+        ``positions`` are the rows' series positions. Each selector that
+        matches some row comes with those rows, in ascending order.
+        """
+        starts = self.offsets[positions]
+        counts = self.offsets[positions + 1] - starts
+        total = int(counts.sum())
+        if total == 0:
+            return []
+        # One (row, slot) pair per match, grouped by slot. The stable sort
+        # keeps each selector's rows in batch order, so in time order per
+        # series.
+        rows = np.repeat(np.arange(positions.size, dtype=np.int64), counts)
+        firsts = np.cumsum(counts) - counts
+        within = np.arange(total, dtype=np.int64) - np.repeat(firsts, counts)
+        slots = self.slots[np.repeat(starts, counts) + within]
+        order = np.argsort(slots, kind="stable")
+        slots = slots[order]
+        rows = rows[order]
+        bounds = np.flatnonzero(slots[1:] != slots[:-1]) + 1
+        groups = []
+        for first, last in zip([0, *bounds.tolist()], [*bounds.tolist(), total], strict=True):
+            groups.append((self.selectors[int(slots[first])], rows[first:last]))
+        return groups
 
 
 @dataclass(slots=True)
@@ -101,20 +174,30 @@ class HubActor:
     A ``subscribe`` envelope carries the subscriber's FeedBuffer as its
     attachment and gets back a token for ``unsubscribe``. The hub requests
     from the index the keys of series ids it has not seen. ``clock`` returns Unix
-    seconds and decides when rollup buckets have ended.
+    seconds and decides when rollup buckets have ended. ``share`` is the
+    max share of the thread's time the hub spends matching while batches keep
+    coming.
     """
 
-    def __init__(self, index: Mailbox, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        index: Mailbox,
+        clock: Callable[[], float] = time.time,
+        share: float = DEFAULT_HUB_SHARE,
+    ) -> None:
         self._index = index
         self._clock = clock
+        self._duty = DutyCycle(share)
         self._keys: dict[int, SeriesKey] = {}
         # Per series id: a number for its metric name, and its position
         # among that metric's series (-1 while unknown).
         self._metric_codes: dict[str, int] = {}
-        self._metric_sizes: list[int] = []
+        # Per metric number: its series keys, by position.
+        self._metric_keys: list[list[SeriesKey]] = []
         self._code_of: Int64Array = np.full(0, -1, dtype=np.int64)
         self._position_of: Int64Array = np.full(0, -1, dtype=np.int64)
         self._selectors: dict[tuple[str, tuple[Matcher, ...]], Selector] = {}
+        self._feeds: dict[str, MetricFeeds] = {}
         self._subscriptions: dict[int, Subscription] = {}
         self._next_token = 1
 
@@ -128,13 +211,16 @@ class HubActor:
             async with inbox, trio.open_nursery() as nursery:
                 nursery.start_soon(self._tick)
                 async for envelope in inbox:
-                    try:
-                        await self._handle(envelope)
-                    except Exception:
-                        # Feeds are best effort: a bad message costs its own
-                        # delivery, never the hub and with it the server.
-                        logger.exception("hub failed to handle a message")
-                        await reply(envelope, {"error": "internal error in the subscription hub"})
+                    # Everything queued behind this envelope is handled in
+                    # the same step, its stored batches matched together.
+                    envelopes = [envelope]
+                    while True:
+                        try:
+                            envelopes.append(inbox.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await self._handle_all(envelopes)
+                    await self._duty.rest()
                 nursery.cancel_scope.cancel()
         finally:
             for subscription in self._subscriptions.values():
@@ -142,12 +228,33 @@ class HubActor:
             await self._index.aclose()
         logger.debug("hub stopped")
 
-    async def _handle(self, envelope: Envelope) -> None:
-        message = unpack(envelope.payload)
+    async def _handle_all(self, envelopes: list[Envelope]) -> None:
+        stored: list[Message] = []
+        for envelope in envelopes:
+            try:
+                message = unpack(envelope.payload)
+                if message["type"] == "stored":
+                    stored.append(message)
+                    continue
+                # Control messages keep their place after the batches
+                # stored before them.
+                await self._deliver(stored)
+                stored = []
+                await self._handle(envelope, message)
+            except Exception:
+                # Feeds are best effort: a bad message costs its own
+                # delivery, never the hub and with it the server.
+                logger.exception("hub failed to handle a message")
+                stored = []
+                await reply(envelope, {"error": "internal error in the subscription hub"})
+        try:
+            await self._deliver(stored)
+        except Exception:
+            logger.exception("hub failed to deliver %d stored batches", len(stored))
+
+    async def _handle(self, envelope: Envelope, message: Message) -> None:
         kind = message["type"]
-        if kind == "stored":
-            await self._deliver(message)
-        elif kind == "subscribe":
+        if kind == "subscribe":
             assert isinstance(envelope.attachment, FeedBuffer)
             try:
                 token = self._subscribe(envelope.attachment, message)
@@ -171,11 +278,15 @@ class HubActor:
 
     def _subscribe(self, buffer: FeedBuffer, message: Message) -> int:
         matchers = tuple(Matcher.parse(item) for item in message["matchers"])
-        selector_key = (message["metric"], matchers)
+        metric = message["metric"]
+        selector_key = (metric, matchers)
         selector = self._selectors.get(selector_key)
         if selector is None:
-            selector = Selector(message["metric"], matchers)
+            selector = Selector(metric, matchers)
             self._selectors[selector_key] = selector
+            feeds = self._feeds.setdefault(metric, MetricFeeds())
+            feeds.selectors.append(selector)
+            feeds.stale = True
         rollup = None
         if message.get("step_ms"):
             rollup = Rollup(message["step_ms"], message["aggregation"])
@@ -191,49 +302,60 @@ class HubActor:
             return
         selector = subscription.selector
         selector.subscriptions.discard(token)
-        if not selector.subscriptions:
-            del self._selectors[(selector.metric, selector.matchers)]
+        if selector.subscriptions:
+            return
+        del self._selectors[(selector.metric, selector.matchers)]
+        feeds = self._feeds[selector.metric]
+        feeds.selectors.remove(selector)
+        feeds.stale = True
+        if not feeds.selectors:
+            del self._feeds[selector.metric]
 
-    async def _deliver(self, message: Message) -> None:
-        dropped = message.get("dropped", 0)
+    async def _deliver(self, messages: list[Message]) -> None:
+        """Match stored batches, oldest first, and put the samples into the buffers."""
+        if not messages:
+            return
+        dropped = sum(message.get("dropped", 0) for message in messages)
         if dropped:
             logger.warning("hub mailbox was full: %d stored samples missed the feeds", dropped)
             for subscription in self._subscriptions.values():
                 subscription.buffer.drop(subscription.name, dropped)
-        if not self._selectors:
+        if not self._feeds:
             return
 
-        series = read_ints(message["ids"])
-        timestamps = read_ints(message["timestamps"])
-        values = read_floats(message["values"])
+        series = np.concatenate([read_ints(message["ids"]) for message in messages])
+        timestamps = np.concatenate([read_ints(message["timestamps"]) for message in messages])
+        values = np.concatenate([read_floats(message["values"]) for message in messages])
         if not await self._learn_keys(series):
             return
+        with self._duty.busy():
+            self._match(series, timestamps, values)
+
+    def _match(self, series: Int64Array, timestamps: Int64Array, values: Float64Array) -> None:
         codes = self._code_of[series]
-        for (metric, _), selector in self._selectors.items():
+        for metric, feeds in self._feeds.items():
             code = self._metric_codes.get(metric)
             if code is None:
                 continue
             rows = np.flatnonzero(codes == code)
             if rows.size == 0:
                 continue
-            positions = self._position_of[series[rows]]
-            selector.decide(series[rows], positions, self._keys)
-            rows = rows[selector.verdicts[positions] == 1]
-            if rows.size == 0:
-                continue
-            matched = (series[rows], timestamps[rows], values[rows])
-            # One FeedSamples for all plain subscribers of the selector, so
-            # its encoding is shared.
-            shared: FeedSamples | None = None
-            for token in selector.subscriptions:
-                subscription = self._subscriptions[token]
-                if subscription.rollup is not None:
-                    self._accumulate(subscription, subscription.rollup, *matched)
-                    continue
-                if shared is None:
-                    keys = [self._keys[i] for i in matched[0].tolist()]
-                    shared = FeedSamples(keys, *matched)
-                subscription.buffer.put(subscription.name, shared)
+            feeds.refresh(self._metric_keys[code])
+            for selector, matched_rows in feeds.match(self._position_of[series[rows]]):
+                picked = rows[matched_rows]
+                matched = (series[picked], timestamps[picked], values[picked])
+                # One FeedSamples for all plain subscribers of the selector,
+                # so its encoding is shared.
+                shared: FeedSamples | None = None
+                for token in selector.subscriptions:
+                    subscription = self._subscriptions[token]
+                    if subscription.rollup is not None:
+                        self._accumulate(subscription, subscription.rollup, *matched)
+                        continue
+                    if shared is None:
+                        keys = [self._keys[i] for i in matched[0].tolist()]
+                        shared = FeedSamples(keys, *matched)
+                    subscription.buffer.put(subscription.name, shared)
 
     async def _learn_keys(self, series: Int64Array) -> bool:
         """Fetch the keys of unseen series ids from the index; False if it failed."""
@@ -254,16 +376,19 @@ class HubActor:
                 self._index, {"type": "keys", "ids": int_column(np.array(unknown, np.int64))}
             )
         except MetricstoreError:
+            logger.warning(
+                "hub could not learn %d series keys; their samples miss the feeds", len(unknown)
+            )
             return False
         for series_id, encoded in zip(unknown, answer["series"], strict=True):
             key = decode_key(encoded)[0]
             self._keys[series_id] = key
             code = self._metric_codes.setdefault(key[0], len(self._metric_codes))
-            if code == len(self._metric_sizes):
-                self._metric_sizes.append(0)
+            if code == len(self._metric_keys):
+                self._metric_keys.append([])
             self._code_of[series_id] = code
-            self._position_of[series_id] = self._metric_sizes[code]
-            self._metric_sizes[code] += 1
+            self._position_of[series_id] = len(self._metric_keys[code])
+            self._metric_keys[code].append(key)
         return True
 
     def _accumulate(

@@ -19,6 +19,7 @@ import trio
 from quart import Blueprint, Response, request, websocket
 
 from metricstore.actors.feed import FeedBatch, FeedBuffer, FeedClosed, FeedSamples
+from metricstore.actors.pacing import SendGate
 from metricstore.errors import MetricstoreError, ValidationError
 from metricstore.http.errors import json_response
 from metricstore.http.params import QueryParams
@@ -86,6 +87,9 @@ class FeedLimits:
     # Seconds a connection may stay over its buffer before it is closed.
     max_lag_s: float = 10.0
     heartbeat_s: float = 15.0
+    # Sample frames all connections together may start per scheduling
+    # round of the event loop, so feeds take spare time, not ingestion's.
+    sends_per_round: int = 8
 
 
 @dataclass(slots=True)
@@ -103,8 +107,11 @@ class _Subscription:
 class _FeedConnection:
     """One subscriber connection: its subscriptions and how it encodes frames."""
 
-    def __init__(self, source: FeedSource, limits: FeedLimits, peer: object) -> None:
+    def __init__(
+        self, source: FeedSource, limits: FeedLimits, gate: SendGate, peer: object
+    ) -> None:
         self.source = source
+        self.gate = gate
         self.limits = limits
         self.peer = peer
         self.buffer = FeedBuffer(limits.buffer_samples, limits.max_lag_s)
@@ -175,8 +182,7 @@ class _FeedConnection:
         subscription.filter_until = trio.current_time() + SNAPSHOT_FILTER_S
         held = subscription.held or []
         subscription.held = None
-        for samples in held:
-            await self.send_samples(request_.name, samples)
+        await self.send_samples(request_.name, held)
 
     async def unsubscribe(self, message: dict[str, Any]) -> None:
         name = message.get("id")
@@ -185,31 +191,38 @@ class _FeedConnection:
             raise ValidationError("id", name, "no open subscription has this id")
         await self.source.unsubscribe(subscription.token)
 
-    async def send_samples(self, name: str, samples: FeedSamples) -> None:
+    async def send_samples(self, name: str, pieces: list[FeedSamples]) -> None:
+        """Send one subscription's pending pieces, as one frame when nothing needs filtering."""
         subscription = self.subscriptions.get(name)
-        if subscription is None:
+        if subscription is None or not pieces:
             return
         if subscription.held is not None:
-            subscription.held.append(samples)
+            subscription.held.extend(pieces)
             return
         if subscription.snapshot_ts and trio.current_time() < subscription.filter_until:
-            encoded = delta_samples(samples, subscription.snapshot_ts, self.binary)
+            encoded = [
+                sample
+                for samples in pieces
+                for sample in delta_samples(samples, subscription.snapshot_ts, self.binary)
+            ]
             if encoded:
                 await self.send({"type": "samples", "id": name, "samples": encoded})
             return
         subscription.snapshot_ts.clear()
-        # The samples' encoding is shared by every subscriber of the same
-        # selector; only the frame header is made per subscription.
+        # The pieces' encodings are shared by every subscriber of the same
+        # selector; only the frame around them is made per subscription.
+        frame = samples_frame(name, pieces, self.binary)
+        await self.gate.admit()
         async with self.send_lock:
             if not self.closed:
-                await websocket.send(samples_frame(name, samples, self.binary))
+                await websocket.send(frame)
 
     async def deliver(self, batch: FeedBatch) -> None:
         for name, count in batch.dropped.items():
             if name in self.subscriptions:
                 await self.send({"type": "dropped", "id": name, "count": count})
-        for name, samples in batch.samples:
-            await self.send_samples(name, samples)
+        for name, pieces in batch.samples.items():
+            await self.send_samples(name, pieces)
 
     async def close_all(self) -> None:
         for subscription in self.subscriptions.values():
@@ -315,25 +328,54 @@ def _sample_dicts(samples: FeedSamples, binary: bool) -> list[dict[str, Any]]:
 
 
 def _encode_json(samples: FeedSamples) -> bytes:
-    return orjson.dumps(_sample_dicts(samples, binary=False))
+    # The array's elements without the brackets, so pieces can be joined.
+    return orjson.dumps(_sample_dicts(samples, binary=False))[1:-1]
 
 
 def _encode_msgpack(samples: FeedSamples) -> bytes:
+    # The array's elements without its header, so pieces can be joined.
     packed: bytes = msgpack.packb(_sample_dicts(samples, binary=True), use_bin_type=True)
+    return packed[len(_msgpack_array_header(samples.size)) :]
+
+
+def _msgpack_array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def _packb(value: object) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
     return packed
 
 
-def samples_frame(name: str, samples: FeedSamples, binary: bool) -> str | bytes:
-    """Build a ``samples`` frame around the shared encoding of ``samples``."""
+# A msgpack map of three entries: "type": "samples", "id": ..., "samples": [...].
+_MSGPACK_FRAME_HEAD = b"\x83" + _packb("type") + _packb("samples") + _packb("id")
+_MSGPACK_SAMPLES_KEY = _packb("samples")
+
+
+def samples_frame(name: str, pieces: Sequence[FeedSamples], binary: bool) -> str | bytes:
+    """Build one ``samples`` frame around the shared encodings of ``pieces``."""
     if binary:
-        header: bytes = msgpack.packb({"type": "samples", "id": name}, use_bin_type=True)
-        # A map of two entries becomes one of three by its first byte, and the
-        # third entry's value is the encoded array, appended as is.
-        samples_key: bytes = msgpack.packb("samples")
-        body = samples.encoded("msgpack", _encode_msgpack)
-        return bytes([header[0] + 1]) + header[1:] + samples_key + body
-    body = samples.encoded("json", _encode_json)
-    return (b'{"type":"samples","id":' + orjson.dumps(name) + b',"samples":' + body + b"}").decode()
+        count = sum(samples.size for samples in pieces)
+        return b"".join(
+            [
+                _MSGPACK_FRAME_HEAD,
+                _packb(name),
+                _MSGPACK_SAMPLES_KEY,
+                _msgpack_array_header(count),
+                *(samples.encoded("msgpack", _encode_msgpack) for samples in pieces),
+            ]
+        )
+    body = b",".join(
+        encoded
+        for encoded in (samples.encoded("json", _encode_json) for samples in pieces)
+        if encoded
+    )
+    frame = b'{"type":"samples","id":' + orjson.dumps(name) + b',"samples":[' + body + b"]}"
+    return frame.decode()
 
 
 def sample_dict(key: SeriesKey, timestamp: int, value: float, binary: bool) -> dict[str, Any]:
@@ -351,6 +393,7 @@ def create_feeds_blueprint(
     """Return a blueprint serving ``/ws/subscribe`` and ``/metrics/<name>/stream``."""
     blueprint = Blueprint("feeds", __name__)
     limits = limits or FeedLimits()
+    gate = SendGate(limits.sends_per_round)
     open_connections = [0]
 
     def track(delta: int, endpoint: str) -> None:
@@ -378,7 +421,7 @@ def create_feeds_blueprint(
             await websocket.send(dumps_json({"type": "error", "error": reason}))
             await websocket.close(CLOSE_TRY_LATER, reason)
             return
-        connection = _FeedConnection(source, limits, peer)
+        connection = _FeedConnection(source, limits, gate, peer)
         track(1, "subscribe")
         logger.debug("subscriber %s connected", peer)
         try:
@@ -434,7 +477,9 @@ def create_feeds_blueprint(
                 503,
             )
         response = Response(
-            _event_stream(source, limits, subscribe_request, request.remote_addr, track, on_closed),
+            _event_stream(
+                source, limits, gate, subscribe_request, request.remote_addr, track, on_closed
+            ),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -463,6 +508,7 @@ async def _heartbeats(connection: _FeedConnection) -> None:
 async def _event_stream(
     source: FeedSource,
     limits: FeedLimits,
+    gate: SendGate,
     subscribe_request: SubscribeRequest,
     peer: object,
     track: Callable[[int, str], None],
@@ -498,14 +544,20 @@ async def _event_stream(
                 continue
             for count in batch.dropped.values():
                 yield _event("dropped", {"type": "dropped", "id": name, "count": count})
-            for _, samples in batch.samples:
+            for pieces in batch.samples.values():
                 if snapshot_ts and trio.current_time() < filter_until:
-                    encoded = delta_samples(samples, snapshot_ts, binary=False)
+                    encoded = [
+                        sample
+                        for samples in pieces
+                        for sample in delta_samples(samples, snapshot_ts, binary=False)
+                    ]
                     if encoded:
                         yield _event("samples", {"type": "samples", "id": name, "samples": encoded})
                     continue
-                frame = samples_frame(name, samples, binary=False)
+                snapshot_ts.clear()
+                frame = samples_frame(name, pieces, binary=False)
                 assert isinstance(frame, str)
+                await gate.admit()
                 yield f"event: samples\ndata: {frame}\n\n".encode()
     except FeedClosed as closed:
         on_closed(peer, buffer, str(closed))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from metricstore.actors.hub import HubActor
+from metricstore.actors.hub import DEFAULT_HUB_SHARE, HubActor
 from metricstore.actors.index import IndexActor
 from metricstore.actors.ingest import IngestActor
 from metricstore.actors.messages import Envelope, Inbox, Mailbox
@@ -43,6 +43,9 @@ class PipelineConfig:
     # Stored batches the hub may queue. Beyond that, feeds miss batches
     # and get a dropped count, rather than slow ingestion down.
     hub_mailbox_size: int = 256
+    # Max share of the thread's time the hub spends matching while stored
+    # batches keep coming (see actors/pacing.py).
+    hub_share: float = DEFAULT_HUB_SHARE
     head_capacity: int = DEFAULT_HEAD_CAPACITY
     clock: Callable[[], float] = field(default=time.time)
     # Where data is kept durably; None keeps everything in memory only.
@@ -104,7 +107,7 @@ async def open_pipeline(config: PipelineConfig) -> AsyncIterator[ActorTimeSeries
         for shard_id in range(config.shards)
     ]
     hub_mailbox, hub_inbox = _mailbox(config.hub_mailbox_size)
-    hub = HubActor(index_mailbox.clone(), config.clock)
+    hub = HubActor(index_mailbox.clone(), config.clock, config.hub_share)
     ingest = IngestActor(index_mailbox.clone(), shard_clones(), config.clock, hub_mailbox.clone())
     query = QueryActor(index_mailbox.clone(), shard_clones())
     retention = RetentionActor(shard_clones(), config.retention_interval_s, config.clock)
