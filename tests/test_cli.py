@@ -124,6 +124,7 @@ def test_port_in_use_fails_cleanly() -> None:
         (["--downsample", "1d", "--retention", "1d"], "shorter than retention_period"),
         (["--feed-sends-per-round", "0"], "invalid --feed-sends-per-round 0: must be at least 1"),
         (["--feed-hub-share", "0"], "invalid --feed-hub-share 0.0: must be in (0, 1]"),
+        (["--feed-share", "-1"], "invalid --feed-share -1.0: must be in (0, 1]"),
         (["--feed-hub-share", "1.5"], "invalid --feed-hub-share 1.5: must be in (0, 1]"),
     ],
 )
@@ -191,6 +192,8 @@ def test_feed_and_storage_options() -> None:
             "3",
             "--feed-hub-share",
             "0.5",
+            "--feed-share",
+            "0.3",
         ]
     )
     config = config_from_args(parsed)
@@ -202,3 +205,4 @@ def test_feed_and_storage_options() -> None:
     assert config.feed_limits.max_feed_connections == 7
     assert config.feed_limits.sends_per_round == 3
     assert config.hub_share == 0.5
+    assert config.feed_limits.feed_share == 0.3

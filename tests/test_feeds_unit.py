@@ -182,36 +182,45 @@ def test_regex_is_linear_time() -> None:
     assert matches_key(key(x="a" * 2047 + "b"), [matcher]) is True
 
 
-POD_VALUES = ["a", "b", "c", "d"]
+LABEL_VALUES = ["a", "b", "c", ""]
+MATCHERS = st.builds(
+    lambda label, op, value: Matcher.parse({"label": label, "op": op, "value": value}),
+    st.sampled_from(["pod", "zone"]),
+    st.sampled_from(["=", "!=", "=~", "!~"]),
+    st.sampled_from(["a", "b", "a|c", ".*", ""]),
+)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    pods=st.lists(st.sampled_from(POD_VALUES), min_size=1, max_size=12),
-    selectors=st.lists(
-        st.tuples(
-            st.sampled_from(["=", "!=", "=~", "!~"]), st.sampled_from(["a", "b", "a|c", ".*"])
-        ),
+    series=st.lists(
+        st.tuples(st.sampled_from(LABEL_VALUES), st.sampled_from(LABEL_VALUES)),
         min_size=1,
-        max_size=6,
-        unique=True,
+        max_size=12,
     ),
+    selectors=st.lists(st.lists(MATCHERS, min_size=1, max_size=2), min_size=2, max_size=7),
     rows=st.lists(st.integers(0, 11), max_size=30),
     removed=st.integers(0, 5),
 )
 def test_metric_feeds_match_like_brute_force(
-    pods: list[str], selectors: list[tuple[str, str]], rows: list[int], removed: int
+    series: list[tuple[str, str]],
+    selectors: list[list[Matcher]],
+    rows: list[int],
+    removed: int,
 ) -> None:
-    keys = [key(pod=pod) for pod in pods]
+    # An empty value means the series has no such label.
+    keys = [
+        key(**{name: value for name, value in (("pod", pod), ("zone", zone)) if value})
+        for pod, zone in series
+    ]
     feeds = MetricFeeds()
-    for op, value in selectors:
-        matcher = Matcher.parse({"label": "pod", "op": op, "value": value})
-        feeds.selectors.append(Selector("cpu", (matcher,)))
+    for matchers in selectors[:-1]:
+        feeds.add(Selector("cpu", tuple(matchers)))
     feeds.refresh(keys[: len(keys) // 2])
-    # A selector leaves and a series arrives after the first refresh.
-    if len(feeds.selectors) > 1:
-        del feeds.selectors[removed % len(feeds.selectors)]
-        feeds.stale = True
+    # After the first refresh, one selector leaves, one arrives and so do
+    # the other series.
+    feeds.remove(feeds.selectors[removed % len(feeds.selectors)])
+    feeds.add(Selector("cpu", tuple(selectors[-1])))
     feeds.refresh(keys)
     positions = np.array([row % len(keys) for row in rows], dtype=np.int64)
 

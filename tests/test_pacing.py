@@ -56,11 +56,13 @@ async def test_gate_pacer_sleeps_when_nobody_waits() -> None:
     gate = SendGate(per_round=1)
     for _ in range(3):
         await gate.admit()
+    deferred = gate.deferred
+    assert deferred >= 1
     await trio.testing.wait_all_tasks_blocked()
-    # The pacer is parked, not spinning: the next round starts counting
-    # from zero again.
+    # The pacer is parked, not spinning (or wait_all_tasks_blocked would
+    # not return), and the next caller passes at once.
     await gate.admit()
-    assert gate.deferred == 2
+    assert gate.deferred == deferred
 
 
 async def test_gate_waiter_cancelled_leaves_others() -> None:
@@ -80,9 +82,89 @@ async def test_gate_waiter_cancelled_leaves_others() -> None:
     assert admitted == ["b"]
 
 
-def test_gate_rejects_zero() -> None:
+class SteppedClock:
+    """A clock that moves only when a test task says it spent time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("share", "ingest_step_s", "low", "high"),
+    [
+        # Ingestion busy: the feeds are held to their share.
+        (0.2, 0.004, 0.15, 0.26),
+        # Unpaced, 8 writers of 1 ms against 4 ms of ingestion per round
+        # would take 8 / 12 of the time; a turn takes two rounds here.
+        (1.0, 0.004, 0.45, 0.75),
+    ],
+)
+async def test_gate_keeps_feeds_to_share(
+    share: float, ingest_step_s: float, low: float, high: float
+) -> None:
+    clock = SteppedClock()
+    gate = SendGate(per_round=8, share=share, clock=clock, throttled_sleep_s=0)
+    turns = [0]
+    measured: list[float] = []
+    done = trio.Event()
+
+    async def writer() -> None:
+        with gate.feed_task():
+            while not done.is_set():
+                await gate.admit()
+                clock.now += 0.001  # this turn's work
+                turns[0] += 1
+                await trio.lowlevel.checkpoint()
+
+    async def ingest() -> None:
+        # Busy in every round.
+        while clock.now < 5.0:
+            clock.now += ingest_step_s
+            await trio.lowlevel.checkpoint()
+        measured.append(turns[0] * 0.001 / clock.now)
+        done.set()
+        # Time passes, so the pacer lets the waiting writers see the end.
+        clock.now += 60.0
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(writer)
+        nursery.start_soon(ingest)
+
+    assert low < measured[0] < high
+
+
+async def test_gate_lets_feeds_use_idle_loop() -> None:
+    clock = SteppedClock()
+    gate = SendGate(per_round=2, share=0.1, clock=clock, throttled_sleep_s=0)
+    turns = [0]
+
+    async def writer() -> None:
+        with gate.feed_task():
+            for _ in range(200):
+                await gate.admit()
+                clock.now += 0.001
+                turns[0] += 1
+                await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(writer)
+
+    # Nothing else wanted the loop, so the feeds were never held back.
+    assert turns[0] == 800
+    assert gate.deferred > 0
+    assert gate.throttled_rounds == 0
+
+
+def test_gate_rejects_bad_limits() -> None:
     with pytest.raises(ValueError, match="per_round must be at least 1"):
         SendGate(0)
+    with pytest.raises(ValueError, match=r"share must be in \(0, 1\]"):
+        SendGate(1, share=0.0)
 
 
 async def test_duty_cycle_rests_for_its_share(autojump_clock: trio.testing.MockClock) -> None:
@@ -99,6 +181,17 @@ async def test_duty_cycle_rests_for_its_share(autojump_clock: trio.testing.MockC
     started = trio.current_time()
     await duty.rest()
     assert trio.current_time() == started
+
+
+async def test_duty_cycle_rest_is_capped(autojump_clock: trio.testing.MockClock) -> None:
+    busy_times = iter([0.0, 2.0])
+    duty = DutyCycle(0.1, timer=lambda: next(busy_times), max_rest_s=0.5)
+    with duty.busy():
+        pass
+    started = trio.current_time()
+    await duty.rest()
+    # 2 s busy at 10% would owe 18 s of rest.
+    assert trio.current_time() - started == pytest.approx(0.5)
 
 
 def test_duty_cycle_rejects_bad_share() -> None:

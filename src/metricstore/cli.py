@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         "event loop; lower leaves more of a busy server to ingestion (default %(default)s)",
     )
     serve.add_argument(
+        "--feed-share",
+        type=float,
+        default=_FEED_DEFAULTS.feed_share,
+        help="share of a busy event loop that live-feed writers get at least, as a fraction "
+        "in (0, 1]; they also take any time nothing else wants (default %(default)s)",
+    )
+    serve.add_argument(
         "--feed-hub-share",
         type=float,
         default=DEFAULT_HUB_SHARE,
@@ -235,8 +242,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     ):
         if value < 1:
             raise ValidationError(option, value, "must be at least 1")
-    if not 0.0 < args.feed_hub_share <= 1.0:
-        raise ValidationError("--feed-hub-share", args.feed_hub_share, "must be in (0, 1]")
+    for option, share in (
+        ("--feed-share", args.feed_share),
+        ("--feed-hub-share", args.feed_hub_share),
+    ):
+        if not 0.0 < share <= 1.0:
+            raise ValidationError(option, share, "must be in (0, 1]")
     if not 0 <= args.port <= 65535:
         raise ValidationError("--port", args.port, "must be in 0..65535")
     limits = dataclasses.replace(
@@ -269,6 +280,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_lag_s=parse_duration(args.feed_max_lag, "--feed-max-lag") / 1000,
             max_feed_connections=args.max_feed_connections,
             sends_per_round=args.feed_sends_per_round,
+            feed_share=args.feed_share,
         ),
         hub_share=args.feed_hub_share,
     )

@@ -167,6 +167,11 @@ class FeedBuffer:
 
         Raises FeedClosed, with the reason, once the buffer is closed.
         """
+        await self.wait()
+        return self.take()
+
+    async def wait(self) -> None:
+        """Wait until samples or drop counts are pending; raises FeedClosed once closed."""
         while not self._pending and not self._dropped:
             if self.closed_reason is not None:
                 raise FeedClosed(self.closed_reason)
@@ -175,6 +180,10 @@ class FeedBuffer:
         if self.closed_reason is not None:
             raise FeedClosed(self.closed_reason)
 
+    def take(self) -> FeedBatch:
+        """Take everything pending without waiting (possibly nothing)."""
+        if self.closed_reason is not None:
+            raise FeedClosed(self.closed_reason)
         batch = FeedBatch(self._pending, self._dropped)
         self._pending = {}
         self._dropped = {}

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 import trio
 
 from metricstore.actors.feed import FeedBuffer, FeedSamples
@@ -67,35 +66,23 @@ class Rollup:
 
 @dataclass(slots=True)
 class Selector:
-    """A metric name and matchers, with the verdict for each series of that metric.
-
-    Verdicts are indexed by a series' position among the series of its
-    metric, so a selector costs one byte per series of its own metric.
-    """
+    """A metric name and matchers, with the series of that metric they match."""
 
     metric: str
     matchers: tuple[Matcher, ...]
-    # Per series of the metric, by position: 1 matches, 0 does not. The
-    # first ``verdicts.size`` positions are decided.
-    verdicts: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))
+    # Positions (among the series of the metric) of the matching series,
+    # ascending. Positions below ``decided`` are decided.
+    matched: list[int] = field(default_factory=list)
+    decided: int = 0
     subscriptions: set[int] = field(default_factory=set)
 
-    def decide(self, keys: list[SeriesKey]) -> bool:
-        """Decide the series at positions ``verdicts.size`` up to ``len(keys)``.
-
-        ``keys`` contains the metric's series keys by position. Returns
-        whether any verdict was added.
-        """
-        start = self.verdicts.size
-        if start >= len(keys):
-            return False
-        added = np.fromiter(
-            (matches_key(key, self.matchers) for key in keys[start:]),
-            dtype=np.int8,
-            count=len(keys) - start,
-        )
-        self.verdicts = np.concatenate((self.verdicts, added))
-        return True
+    def required_label(self) -> tuple[str, str] | None:
+        """Return a label pair that every matching series has, if an equality matcher sets one."""
+        for matcher in self.matchers:
+            # label="" also matches series without the label: no pair to look up.
+            if matcher.op == "=" and matcher.value:
+                return (matcher.label, matcher.value)
+        return None
 
 
 @dataclass(slots=True)
@@ -104,29 +91,85 @@ class MetricFeeds:
 
     The matches are kept in compressed sparse rows: the selectors matching
     the series at position ``p`` are ``selectors[i]`` for ``i`` in
-    ``slots[offsets[p]:offsets[p + 1]]``. Adding or removing a selector, or
-    a new series of the metric, marks them for a rebuild.
+    ``slots[offsets[p]:offsets[p + 1]]``. Deciding uses the selectors'
+    equality matchers: a new series is checked only against the selectors
+    that require one of its label pairs (and those without such a
+    matcher), and a new selector only against the series with its pair.
     """
 
     selectors: list[Selector] = field(default_factory=list)
     offsets: Int64Array = field(default_factory=lambda: np.zeros(1, np.int64))
     slots: Int64Array = field(default_factory=lambda: np.zeros(0, np.int64))
     stale: bool = True
+    # Positions decided for every selector, and the series at those
+    # positions by label pair.
+    known: int = 0
+    postings: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    by_label: dict[tuple[str, str], list[Selector]] = field(default_factory=dict)
+    unindexed: list[Selector] = field(default_factory=list)
+
+    def add(self, selector: Selector) -> None:
+        self.selectors.append(selector)
+        pair = selector.required_label()
+        if pair is None:
+            self.unindexed.append(selector)
+        else:
+            self.by_label.setdefault(pair, []).append(selector)
+        self.stale = True
+
+    def remove(self, selector: Selector) -> None:
+        self.selectors.remove(selector)
+        pair = selector.required_label()
+        if pair is None:
+            self.unindexed.remove(selector)
+        else:
+            self.by_label[pair].remove(selector)
+            if not self.by_label[pair]:
+                del self.by_label[pair]
+        self.stale = True
 
     def refresh(self, keys: list[SeriesKey]) -> None:
-        """Decide new series for every selector and rebuild the matches if anything changed."""
+        """Decide new selectors and new series, and rebuild the matches if anything changed.
+
+        ``keys`` contains the metric's series keys by position.
+        """
         changed = self.stale
         for selector in self.selectors:
-            changed = selector.decide(keys) or changed
-        if not changed:
-            return
-        matched = [np.flatnonzero(selector.verdicts) for selector in self.selectors]
+            if selector.decided < self.known:
+                pair = selector.required_label()
+                positions = self.postings.get(pair, []) if pair else range(self.known)
+                selector.matched.extend(
+                    position
+                    for position in positions
+                    if selector.decided <= position < self.known
+                    and matches_key(keys[position], selector.matchers)
+                )
+                selector.decided = self.known
+                changed = True
+        for position in range(self.known, len(keys)):
+            key = keys[position]
+            deciding = list(self.unindexed)
+            for pair in key[1]:
+                self.postings.setdefault(pair, []).append(position)
+                deciding.extend(self.by_label.get(pair, ()))
+            for selector in deciding:
+                if matches_key(key, selector.matchers):
+                    selector.matched.append(position)
+            changed = True
+        self.known = len(keys)
+        for selector in self.selectors:
+            selector.decided = self.known
+        if changed:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        matched = [np.array(selector.matched, dtype=np.int64) for selector in self.selectors]
         positions = np.concatenate(matched) if matched else np.zeros(0, np.int64)
         slots = np.repeat(np.arange(len(matched), dtype=np.int64), [part.size for part in matched])
         order = np.argsort(positions, kind="stable")
         self.slots = slots[order]
-        self.offsets = np.zeros(len(keys) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(positions, minlength=len(keys)), out=self.offsets[1:])
+        self.offsets = np.zeros(self.known + 1, dtype=np.int64)
+        np.cumsum(np.bincount(positions, minlength=self.known), out=self.offsets[1:])
         self.stale = False
 
     def match(self, positions: Int64Array) -> list[tuple[Selector, Int64Array]]:
@@ -284,9 +327,7 @@ class HubActor:
         if selector is None:
             selector = Selector(metric, matchers)
             self._selectors[selector_key] = selector
-            feeds = self._feeds.setdefault(metric, MetricFeeds())
-            feeds.selectors.append(selector)
-            feeds.stale = True
+            self._feeds.setdefault(metric, MetricFeeds()).add(selector)
         rollup = None
         if message.get("step_ms"):
             rollup = Rollup(message["step_ms"], message["aggregation"])
@@ -306,8 +347,7 @@ class HubActor:
             return
         del self._selectors[(selector.metric, selector.matchers)]
         feeds = self._feeds[selector.metric]
-        feeds.selectors.remove(selector)
-        feeds.stale = True
+        feeds.remove(selector)
         if not feeds.selectors:
             del self._feeds[selector.metric]
 

@@ -6,12 +6,13 @@ writers that each have a message to send get 1,000 steps for every step of
 the ingest path. Two mechanisms keep the feed side to a share of the
 thread:
 
-- ``SendGate`` lets at most ``per_round`` feed messages start per
-  scheduling round. When nothing else is runnable, rounds are short, so
-  feeds go at full speed. When ingestion is busy, each round carries its
-  work and only a few feed messages. Messages that wait pile up in the
-  subscribers' buffers, which batch them into fewer, larger frames and
-  coalesce them when they pass their budget.
+- ``SendGate`` gives feed writers turns. Few turns pass at once. Many
+  are let in a few per scheduling round. While the rest of the server is
+  busy, feed tasks are held to ``share`` of the recent time; otherwise
+  they take what they need.
+  Samples that wait pile up in the subscribers' buffers, which batch them
+  into fewer, larger frames and coalesce them when they pass their
+  budget.
 - ``DutyCycle`` keeps an actor (the hub) busy for at most ``share`` of the
   wall-clock time by resting after each busy stretch. Stored batches that
   queue meanwhile are matched together, which costs little more than
@@ -20,33 +21,116 @@ thread:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import trio
+import trio.abc
 import trio.lowlevel
+
+# Share of a busy event loop that feed tasks get at least.
+DEFAULT_FEED_SHARE = 0.1
+# Seconds over which the feeds' share is measured (time constant of an
+# exponential decay).
+SHARE_WINDOW_S = 0.1
+# Seconds the pacer waits when the feeds are over their share.
+THROTTLED_SLEEP_S = 0.001
+# Rounds without a waiter after which the pacer stops watching.
+QUIET_ROUNDS = 10
+# Share of the loop other tasks (ingestion, queries, the hub) use, above
+# which they count as busy and the feeds are held to their share.
+OTHERS_BUSY_SHARE = 0.2
+
+
+class FeedTimer(trio.abc.Instrument):
+    """Measures the time feed tasks and all other tasks run.
+
+    Installed only while the gate is pacing, because trio calls it around
+    every task step (about 1 us a step on this project's benchmark
+    machine).
+    """
+
+    def __init__(
+        self, feed_tasks: set[trio.lowlevel.Task], clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.feed_tasks = feed_tasks
+        self.clock = clock
+        self.feed_s = 0.0
+        self.other_s = 0.0
+        # The timer is installed during a step, whose end is measured from
+        # here.
+        self._step_started = clock()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._step_started = self.clock()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        spent = self.clock() - self._step_started
+        if task in self.feed_tasks:
+            self.feed_s += spent
+        else:
+            self.other_s += spent
 
 
 class SendGate:
-    """Admits at most ``per_round`` callers of ``admit`` per scheduling round.
+    """Gives feed tasks turns, keeping them to ``share`` of a busy event loop.
 
-    A pacer task starts a new round after each scheduler pass while some
-    caller waits, and sleeps when none does. It is a trio system task of
-    the run that first waited, so it ends with that run. A caller in a
-    later run (as in tests) starts a new one.
+    A feed task registers itself with ``feed_task()`` and calls ``admit``
+    before each turn (taking and sending what its buffer has). When few
+    turns are requested, they pass at once. When more than ``per_round``
+    are requested in one scheduling round, a pacer lets them in, at most
+    ``per_round`` per round. While other tasks use more than
+    OTHERS_BUSY_SHARE of the recent time, it lets them in only while feed
+    tasks used less than ``share`` of it.
+
+    The pacer is a trio system task of the run that first waited, so it
+    ends with that run. A caller in a later run (as in tests) starts a new
+    one. ``clock`` (seconds) and ``throttled_sleep_s`` exist for tests.
     """
 
-    def __init__(self, per_round: int) -> None:
+    def __init__(
+        self,
+        per_round: int,
+        share: float = DEFAULT_FEED_SHARE,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        throttled_sleep_s: float = THROTTLED_SLEEP_S,
+    ) -> None:
         if per_round < 1:
             raise ValueError(f"per_round must be at least 1, not {per_round}")
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], not {share}")
         self.per_round = per_round
+        self.share = share
+        self.throttled_sleep_s = throttled_sleep_s
+        self._clock = clock
         self._admitted = 0
         self._lot = trio.lowlevel.ParkingLot()
         self._wake_pacer = trio.Event()
         self._pacer_run: trio.lowlevel.TrioToken | None = None
-        # Callers that had to wait for a later round.
+        self._tasks: set[trio.lowlevel.Task] = set()
+        # Decayed time of feed tasks, other tasks and the wall clock, and
+        # when they were last updated.
+        self._feed_s = 0.0
+        self._other_s = 0.0
+        self._wall_s = 0.0
+        self._last = clock()
+        # Callers that had to wait for a later round, and rounds in which
+        # the pacer let nobody in because feeds were over their share.
         self.deferred = 0
+        self.throttled_rounds = 0
+
+    @contextmanager
+    def feed_task(self) -> Iterator[None]:
+        """Count the current task's steps as feed work inside the block."""
+        task = trio.lowlevel.current_task()
+        self._tasks.add(task)
+        try:
+            yield
+        finally:
+            self._tasks.discard(task)
 
     async def admit(self) -> None:
         """Return at once if this round has room, else in a later round."""
@@ -72,15 +156,49 @@ class SendGate:
                 # Idle: admissions count up from zero until one has to wait.
                 await self._wake_pacer.wait()
                 self._wake_pacer = trio.Event()
-                while True:
-                    # Let the current round finish, then let the next
-                    # callers in; they run in the round that follows.
-                    await trio.lowlevel.checkpoint()
-                    self._admitted = len(self._lot.unpark(count=self.per_round))
-                    if self._admitted == 0:
-                        break
+                timer = FeedTimer(self._tasks, self._clock)
+                trio.lowlevel.add_instrument(timer)
+                try:
+                    await self._pace_while_waited(timer)
+                finally:
+                    trio.lowlevel.remove_instrument(timer)
         finally:
             self._pacer_run = None
+
+    async def _pace_while_waited(self, timer: FeedTimer) -> None:
+        quiet_rounds = 0
+        while quiet_rounds < QUIET_ROUNDS:
+            now = self._clock()
+            elapsed = now - self._last
+            self._last = now
+            # Feed time and wall time decay with a time constant of
+            # SHARE_WINDOW_S, so the share is that of the recent past.
+            decay = math.exp(-elapsed / SHARE_WINDOW_S)
+            self._feed_s = self._feed_s * decay + timer.feed_s
+            self._other_s = self._other_s * decay + timer.other_s
+            self._wall_s = self._wall_s * decay + elapsed
+            timer.feed_s = 0.0
+            timer.other_s = 0.0
+
+            others_busy = self._other_s > OTHERS_BUSY_SHARE * self._wall_s
+            if others_busy and self._feed_s > self.share * self._wall_s:
+                # Over the share while others need the loop: nobody starts
+                # a turn, and the loop is left to others for a moment.
+                self._admitted = self.per_round
+                self.throttled_rounds += 1
+                await trio.sleep(self.throttled_sleep_s)
+                continue
+
+            # Callers in the next round come first from the waiters, then
+            # from the new ones, up to per_round in all.
+            self._admitted = len(self._lot.unpark(count=self.per_round))
+            quiet_rounds = 0 if self._admitted or self._lot else quiet_rounds + 1
+            await trio.lowlevel.checkpoint()
+        self._admitted = 0
+
+
+# The longest rest, in seconds.
+MAX_REST_S = 0.5
 
 
 class DutyCycle:
@@ -88,12 +206,21 @@ class DutyCycle:
 
     Wrap each busy stretch in ``busy()`` and call ``rest()`` before taking
     the next piece of work. ``timer`` measures the busy time in seconds.
+    A rest lasts at most ``max_rest_s``, so a rare long stretch (such as
+    matching a thousand new subscriptions) does not stall the actor for ten
+    times as long.
     """
 
-    def __init__(self, share: float, timer: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        share: float,
+        timer: Callable[[], float] = time.perf_counter,
+        max_rest_s: float = MAX_REST_S,
+    ) -> None:
         if not 0.0 < share <= 1.0:
             raise ValueError(f"share must be in (0, 1], not {share}")
         self.share = share
+        self.max_rest_s = max_rest_s
         self._timer = timer
         self._owed_s = 0.0
 
@@ -109,6 +236,6 @@ class DutyCycle:
 
     async def rest(self) -> None:
         """Sleep off the rest owed for the busy time since the last rest."""
-        owed, self._owed_s = self._owed_s, 0.0
+        owed, self._owed_s = min(self._owed_s, self.max_rest_s), 0.0
         if owed > 0.0:
             await trio.sleep(owed)

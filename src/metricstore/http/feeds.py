@@ -19,7 +19,7 @@ import trio
 from quart import Blueprint, Response, request, websocket
 
 from metricstore.actors.feed import FeedBatch, FeedBuffer, FeedClosed, FeedSamples
-from metricstore.actors.pacing import SendGate
+from metricstore.actors.pacing import DEFAULT_FEED_SHARE, SendGate
 from metricstore.errors import MetricstoreError, ValidationError
 from metricstore.http.errors import json_response
 from metricstore.http.params import QueryParams
@@ -87,9 +87,11 @@ class FeedLimits:
     # Seconds a connection may stay over its buffer before it is closed.
     max_lag_s: float = 10.0
     heartbeat_s: float = 15.0
-    # Sample frames all connections together may start per scheduling
-    # round of the event loop, so feeds take spare time, not ingestion's.
+    # Connections that may start sending per round of the event loop, and
+    # the share of a busy loop that feed writers get at least (they take
+    # any time nothing else wants).
     sends_per_round: int = 8
+    feed_share: float = DEFAULT_FEED_SHARE
 
 
 @dataclass(slots=True)
@@ -212,7 +214,6 @@ class _FeedConnection:
         # The pieces' encodings are shared by every subscriber of the same
         # selector; only the frame around them is made per subscription.
         frame = samples_frame(name, pieces, self.binary)
-        await self.gate.admit()
         async with self.send_lock:
             if not self.closed:
                 await websocket.send(frame)
@@ -393,7 +394,7 @@ def create_feeds_blueprint(
     """Return a blueprint serving ``/ws/subscribe`` and ``/metrics/<name>/stream``."""
     blueprint = Blueprint("feeds", __name__)
     limits = limits or FeedLimits()
-    gate = SendGate(limits.sends_per_round)
+    gate = SendGate(limits.sends_per_round, limits.feed_share)
     open_connections = [0]
 
     def track(delta: int, endpoint: str) -> None:
@@ -492,9 +493,15 @@ def create_feeds_blueprint(
 async def _write(connection: _FeedConnection) -> None:
     # FeedClosed ends the loop; the closing itself is done by the task that
     # waits on the buffer's closed event.
+    buffer = connection.buffer
     try:
-        while True:
-            await connection.deliver(await connection.buffer.get())
+        with connection.gate.feed_task():
+            while True:
+                await buffer.wait()
+                # Samples stored while this connection waits for its turn
+                # join the same frames.
+                await connection.gate.admit()
+                await connection.deliver(buffer.take())
     except FeedClosed:
         return
 
@@ -536,12 +543,15 @@ async def _event_stream(
         yield _event("snapshot", {"type": "snapshot", "id": name, "samples": snapshot})
 
         while True:
-            batch = None
-            with trio.move_on_after(limits.heartbeat_s):
-                batch = await buffer.get()
-            if batch is None:
+            with trio.move_on_after(limits.heartbeat_s) as waiting:
+                await buffer.wait()
+            if waiting.cancelled_caught:
                 yield b": heartbeat\n\n"
                 continue
+            # NOTE: event streams take turns like WebSocket feeds, but their
+            # time is not counted in the feeds' share: browsers are few.
+            await gate.admit()
+            batch = buffer.take()
             for count in batch.dropped.values():
                 yield _event("dropped", {"type": "dropped", "id": name, "count": count})
             for pieces in batch.samples.values():
@@ -557,7 +567,6 @@ async def _event_stream(
                 snapshot_ts.clear()
                 frame = samples_frame(name, pieces, binary=False)
                 assert isinstance(frame, str)
-                await gate.admit()
                 yield f"event: samples\ndata: {frame}\n\n".encode()
     except FeedClosed as closed:
         on_closed(peer, buffer, str(closed))

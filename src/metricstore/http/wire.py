@@ -216,8 +216,10 @@ def json_value(value: float) -> float | str:
 
 def format_timestamps(times: npt.NDArray[np.int64]) -> list[str]:
     """Format epoch milliseconds as RFC 3339 UTC strings, vectorized."""
-    if times.size and times.min() < _YEAR_1000_MS:
-        # numpy writes years before 1000 without zero padding.
+    # numpy writes years before 1000 without zero padding, and for one or
+    # two times its fixed cost is higher than formatting each (measured:
+    # 7 us against 2.6 us for one).
+    if times.size <= 2 or times.min() < _YEAR_1000_MS:
         return [format_rfc3339(ms) for ms in times.tolist()]
     stamps = np.datetime_as_string(times.astype("datetime64[ms]"), unit="ms")
     formatted: list[str] = np.char.add(stamps, "Z").tolist()
