@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from helpers import T0, Clock, at
 from metricstore import MetricValue, RetentionPolicy
 from metricstore.actors.feed import FeedBuffer, FeedClosed, FeedSamples
-from metricstore.actors.hub import MetricFeeds, Selector
+from metricstore.actors.hub import HubActor, MetricFeeds, Selector
+from metricstore.actors.index import IndexActor
+from metricstore.actors.messages import Envelope, float_column, int_column, pack, send_request
 from metricstore.errors import ValidationError
 from metricstore.http.feeds import samples_frame
 from metricstore.pipeline.supervisor import PipelineConfig, open_pipeline
@@ -237,32 +239,39 @@ def test_metric_feeds_match_like_brute_force(
     assert got == sorted(expected)
 
 
-async def test_hub_matches_queued_batches_together(autojump_clock: trio.testing.MockClock) -> None:
-    clock = Clock(T0)
-    config = PipelineConfig(policy=RetentionPolicy("p", timedelta(days=1)), clock=clock)
-    async with open_pipeline(config) as storage:
-        buffer = FeedBuffer(1000, 60)
-        matcher = Matcher.parse({"label": "pod", "op": "=~", "value": "a|b"})
-        await storage.subscribe(buffer, "m", "cpu", [matcher])
+async def test_hub_matches_queued_batches_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    index = SeriesIndex()
+    ids = [index.resolve(key(pod=pod))[0] for pod in ("a", "b", "c")]
+    index.activate(ids)
+    index_mailbox, index_inbox = trio.open_memory_channel[Envelope](8)
+    hub_mailbox, hub_inbox = trio.open_memory_channel[Envelope](8)
+    hub = HubActor(index_mailbox)
+    buffer = FeedBuffer(1000, 60)
+    matcher = {"label": "pod", "op": "=~", "value": "a|b"}
+    subscribe = {"type": "subscribe", "name": "m", "metric": "cpu", "matchers": [matcher]}
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(IndexActor(index, 1).run, index_inbox)
+        nursery.start_soon(hub.run, hub_inbox)
+        await send_request(hub_mailbox, subscribe, attachment=buffer)
+        # Five stored batches wait in the mailbox when the hub next looks.
         for second in range(5):
-            await storage.store_metrics(
-                [
-                    MetricValue("cpu", float(second), at(T0 + second), {"pod": pod})
-                    for pod in ("a", "b", "c")
-                ]
-            )
-        # The first batch goes out at once; the hub then rests for its duty
-        # cycle while the other four queue, and matches those four together.
+            stored = {
+                "type": "stored",
+                "ids": int_column(np.array(ids, dtype=np.int64)),
+                "timestamps": int_column(np.full(3, (T0 + second) * 1000, dtype=np.int64)),
+                "values": float_column(np.full(3, float(second))),
+            }
+            hub_mailbox.send_nowait(Envelope(pack(stored)))
         batch = await buffer.get()
-        while sum(piece.size for piece in batch.samples["m"]) < 10:
-            more = await buffer.get()
-            batch.samples["m"].extend(more.samples["m"])
-        pieces = batch.samples["m"]
-        assert len(pieces) < 5
-        values = [v for piece in pieces for v in piece.values.tolist()]
-        pods = [dict(k[1])["pod"] for piece in pieces for k in piece.keys]
-        assert values == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
-        assert pods == ["a", "b"] * 5
+        await hub_mailbox.aclose()
+
+    pieces = batch.samples["m"]
+    assert len(pieces) == 1
+    assert pieces[0].values.tolist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]
+    assert [dict(k[1])["pod"] for k in pieces[0].keys] == ["a", "b"] * 5
 
 
 @pytest.mark.parametrize("sizes", [[1, 2], [0, 3], [15, 1], [16], [40_000, 30_000]])

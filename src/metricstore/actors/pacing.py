@@ -234,6 +234,10 @@ class DutyCycle:
             busy_s = self._timer() - started
             self._owed_s += busy_s * (1.0 - self.share) / self.share
 
+    def forgive(self) -> None:
+        """Drop the rest owed so far, when there is no work waiting for it to batch."""
+        self._owed_s = 0.0
+
     async def rest(self) -> None:
         """Sleep off the rest owed for the busy time since the last rest."""
         owed, self._owed_s = min(self._owed_s, self.max_rest_s), 0.0
