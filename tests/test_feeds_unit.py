@@ -111,6 +111,19 @@ async def test_buffer_closes_when_behind(autojump_clock: trio.testing.MockClock)
         await buffer.get()
 
 
+async def test_buffer_blames_busy_server(autojump_clock: trio.testing.MockClock) -> None:
+    buffer = FeedBuffer(max_samples=2, max_lag_s=5)
+    buffer.waiting_for_turn = True
+    push(buffer, [1, 2, 3], [1, 2, 3])
+    await trio.sleep(6)
+    push(buffer, [1, 2, 3], [4, 5, 6])
+    assert buffer.server_busy
+    assert buffer.closed_reason == (
+        "server too busy to keep up with this feed: over its buffer of 2 samples for more "
+        "than 5s; subscribe to fewer series, use a rollup step, or retry later"
+    )
+
+
 async def test_buffer_drained_resets_lag(autojump_clock: trio.testing.MockClock) -> None:
     buffer = FeedBuffer(max_samples=2, max_lag_s=5)
     push(buffer, [1, 2, 3], [1, 2, 3])
@@ -302,3 +315,42 @@ def test_samples_frame_joins_pieces(sizes: list[int], binary: bool) -> None:
     if samples:
         assert samples[-1]["labels"] == {"n": str((sum(sizes) - 1) % 7)}
         assert samples[0]["timestamp"] == format_rfc3339(T0 * 1000)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pieces=st.lists(st.lists(st.integers(0, 6), max_size=8), min_size=1, max_size=5),
+    budget=st.integers(1, 12),
+)
+async def test_buffer_coalesce_like_model(pieces: list[list[int]], budget: int) -> None:
+    buffer = FeedBuffer(max_samples=budget, max_lag_s=60)
+    time = 0
+    offered: list[tuple[int, int]] = []
+    for piece in pieces:
+        times = list(range(time, time + len(piece)))
+        time += len(piece)
+        offered.extend(zip(piece, times, strict=True))
+        push(buffer, piece, times)
+    if not offered:
+        return
+
+    batch = buffer.take()
+
+    # Model: the newest sample of each series, in stored order, at most the
+    # budget of them when over it.
+    newest = {series: stamp for series, stamp in offered}
+    expected = sorted(newest.items(), key=lambda item: item[1])
+    if len(offered) > budget:
+        expected = expected[-budget:]
+    else:
+        expected = offered
+    got = [
+        (int(s), int(t))
+        for piece in batch.samples["s"]
+        for s, t in zip(piece.series.tolist(), piece.timestamps.tolist(), strict=True)
+    ]
+    assert got == expected
+    assert [k for piece in batch.samples["s"] for k in piece.keys] == [
+        key(n=str(s)) for s, _ in expected
+    ]
+    assert batch.dropped.get("s", 0) == len(offered) - len(expected)

@@ -1,8 +1,9 @@
 """FeedBuffer: the bounded, coalescing buffer between the hub and one subscriber.
 
 The hub puts samples in without ever waiting; the subscriber's connection
-takes them out at its own pace. When the buffer is over its budget, it
-keeps only the newest sample per series and counts the rest as dropped.
+takes them out at its own pace. When the buffer is over its budget at that
+time, it keeps only the newest sample per series and counts the rest as
+dropped.
 When it has stayed over budget for longer than ``max_lag_s``, it closes
 with a reason, and the connection disconnects the subscriber.
 """
@@ -95,6 +96,11 @@ class FeedBuffer:
         self.closed = trio.Event()
         # True when the buffer closed because its subscriber stayed behind.
         self.too_slow = False
+        # Set by the connection while it waits for the server to give it a
+        # turn: lag that builds up meanwhile is the server's, not the
+        # subscriber's, and the close says so.
+        self.waiting_for_turn = False
+        self.server_busy = False
 
     @property
     def size(self) -> int:
@@ -107,7 +113,7 @@ class FeedBuffer:
         self._pending.setdefault(subscription, []).append(samples)
         self._size += samples.size
         if self._size > self.max_samples:
-            self._coalesce()
+            self._check_lag()
         self._ready.set()
 
     def drop(self, subscription: str, count: int) -> None:
@@ -127,38 +133,50 @@ class FeedBuffer:
         self._ready.set()
         self.closed.set()
 
-    def _coalesce(self) -> None:
+    def _check_lag(self) -> None:
         now = trio.current_time()
         if self._behind_since is None:
             self._behind_since = now
         elif now - self._behind_since > self.max_lag_s:
             self.too_slow = True
+            if self.waiting_for_turn:
+                self.server_busy = True
+                self.close(
+                    f"server too busy to keep up with this feed: over its buffer of "
+                    f"{self.max_samples} samples for more than {self.max_lag_s:g}s; subscribe to "
+                    "fewer series, use a rollup step, or retry later"
+                )
+                return
             self.close(
                 f"subscriber too slow: over its buffer of {self.max_samples} samples for more "
                 f"than {self.max_lag_s:g}s, {self.total_dropped} samples dropped"
             )
-            return
 
+    def _coalesce(self) -> None:
         # Keep the newest sample of each series; if distinct series alone
         # pass the budget, keep the newest samples up to it.
         self._size = 0
         budget = max(1, self.max_samples // max(1, len(self._pending)))
         for subscription, pieces in self._pending.items():
-            keys = [key for piece in pieces for key in piece.keys]
             series = np.concatenate([piece.series for piece in pieces])
-            timestamps = np.concatenate([piece.timestamps for piece in pieces])
-            values = np.concatenate([piece.values for piece in pieces])
-            order = np.lexsort((np.arange(series.size), series))
-            last = np.ones(series.size, dtype=np.bool_)
-            last[:-1] = series[order][1:] != series[order][:-1]
-            keep = np.sort(order[last])[-budget:]
+            # The first of each series in reverse order is its newest.
+            _, newest_reversed = np.unique(series[::-1], return_index=True)
+            keep = np.sort(series.size - 1 - newest_reversed)[-budget:]
             dropped = int(series.size - keep.size)
             if dropped:
                 self._dropped[subscription] = self._dropped.get(subscription, 0) + dropped
                 self.total_dropped += dropped
-            kept = FeedSamples(
-                [keys[i] for i in keep.tolist()], series[keep], timestamps[keep], values[keep]
-            )
+            # Keys are looked up for the kept samples only, in their pieces.
+            ends = np.cumsum([piece.size for piece in pieces])
+            piece_of = np.searchsorted(ends, keep, side="right")
+            offsets = keep - (ends - [piece.size for piece in pieces])[piece_of]
+            keys = [
+                pieces[index].keys[offset]
+                for index, offset in zip(piece_of.tolist(), offsets.tolist(), strict=True)
+            ]
+            timestamps = np.concatenate([piece.timestamps for piece in pieces])[keep]
+            values = np.concatenate([piece.values for piece in pieces])[keep]
+            kept = FeedSamples(keys, series[keep], timestamps, values)
             self._pending[subscription] = [kept]
             self._size += kept.size
 
@@ -184,6 +202,11 @@ class FeedBuffer:
         """Take everything pending without waiting (possibly nothing)."""
         if self.closed_reason is not None:
             raise FeedClosed(self.closed_reason)
+        # Coalescing happens here, in the subscriber's own turn, and not in
+        # put: the hub fills every subscriber's buffer in one step, and
+        # must not sort each one's backlog there.
+        if self._size > self.max_samples:
+            self._coalesce()
         batch = FeedBatch(self._pending, self._dropped)
         self._pending = {}
         self._dropped = {}

@@ -263,7 +263,8 @@ class HubActor:
                             envelopes.append(inbox.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    await self._handle_all(envelopes)
+                    with self._duty.busy():
+                        await self._handle_all(envelopes)
                     # Resting only pays off when batches keep coming: it lets
                     # them queue and be matched together. An idle hub takes
                     # the next batch at once.
@@ -375,8 +376,7 @@ class HubActor:
         values = np.concatenate([read_floats(message["values"]) for message in messages])
         if not await self._learn_keys(series):
             return
-        with self._duty.busy():
-            self._match(series, timestamps, values)
+        self._match(series, timestamps, values)
 
     def _match(self, series: Int64Array, timestamps: Int64Array, values: Float64Array) -> None:
         codes = self._code_of[series]

@@ -39,26 +39,32 @@ SHARE_WINDOW_S = 0.1
 THROTTLED_SLEEP_S = 0.001
 # Rounds without a waiter after which the pacer stops watching.
 QUIET_ROUNDS = 10
-# Share of the loop other tasks (ingestion, queries, the hub) use, above
-# which they count as busy and the feeds are held to their share.
-OTHERS_BUSY_SHARE = 0.2
+# Share of rounds in which other tasks (ingestion, queries, the hub) run,
+# above which they count as busy and the feeds are held to their share.
+BUSY_ROUNDS_SHARE = 0.5
 
 
 class FeedTimer(trio.abc.Instrument):
-    """Measures the time feed tasks and all other tasks run.
+    """Measures the time feed tasks run, and how many rounds other tasks ran in.
 
     Installed only while the gate is pacing, because trio calls it around
     every task step (about 1 us a step on this project's benchmark
-    machine).
+    machine). A round ends when trio polls for I/O, once per round.
     """
 
     def __init__(
-        self, feed_tasks: set[trio.lowlevel.Task], clock: Callable[[], float] = time.perf_counter
+        self,
+        feed_tasks: set[trio.lowlevel.Task],
+        pacer: trio.lowlevel.Task,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.feed_tasks = feed_tasks
+        self.pacer = pacer
         self.clock = clock
         self.feed_s = 0.0
-        self.other_s = 0.0
+        self.rounds = 0
+        self.busy_rounds = 0
+        self._others_stepped = False
         # The timer is installed during a step, whose end is measured from
         # here.
         self._step_started = clock()
@@ -67,11 +73,16 @@ class FeedTimer(trio.abc.Instrument):
         self._step_started = self.clock()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        spent = self.clock() - self._step_started
         if task in self.feed_tasks:
-            self.feed_s += spent
-        else:
-            self.other_s += spent
+            self.feed_s += self.clock() - self._step_started
+        elif task is not self.pacer:
+            self._others_stepped = True
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.rounds += 1
+        if self._others_stepped:
+            self.busy_rounds += 1
+            self._others_stepped = False
 
 
 class SendGate:
@@ -81,9 +92,9 @@ class SendGate:
     before each turn (taking and sending what its buffer has). When few
     turns are requested, they pass at once. When more than ``per_round``
     are requested in one scheduling round, a pacer lets them in, at most
-    ``per_round`` per round. While other tasks use more than
-    OTHERS_BUSY_SHARE of the recent time, it lets them in only while feed
-    tasks used less than ``share`` of it.
+    ``per_round`` per round. While other tasks run in most rounds, it lets
+    them in only while feed tasks used less than ``share`` of the recent
+    time.
 
     The pacer is a trio system task of the run that first waited, so it
     ends with that run. A caller in a later run (as in tests) starts a new
@@ -111,10 +122,12 @@ class SendGate:
         self._wake_pacer = trio.Event()
         self._pacer_run: trio.lowlevel.TrioToken | None = None
         self._tasks: set[trio.lowlevel.Task] = set()
-        # Decayed time of feed tasks, other tasks and the wall clock, and
-        # when they were last updated.
+        # Decayed time of feed tasks and of the wall clock, decayed counts of
+        # rounds and of rounds other tasks ran in, and when they were last
+        # updated.
         self._feed_s = 0.0
-        self._other_s = 0.0
+        self._rounds = 0.0
+        self._busy_rounds = 0.0
         self._wall_s = 0.0
         self._last = clock()
         # Callers that had to wait for a later round, and rounds in which
@@ -156,7 +169,7 @@ class SendGate:
                 # Idle: admissions count up from zero until one has to wait.
                 await self._wake_pacer.wait()
                 self._wake_pacer = trio.Event()
-                timer = FeedTimer(self._tasks, self._clock)
+                timer = FeedTimer(self._tasks, trio.lowlevel.current_task(), self._clock)
                 trio.lowlevel.add_instrument(timer)
                 try:
                     await self._pace_while_waited(timer)
@@ -175,12 +188,17 @@ class SendGate:
             # SHARE_WINDOW_S, so the share is that of the recent past.
             decay = math.exp(-elapsed / SHARE_WINDOW_S)
             self._feed_s = self._feed_s * decay + timer.feed_s
-            self._other_s = self._other_s * decay + timer.other_s
             self._wall_s = self._wall_s * decay + elapsed
+            self._rounds = self._rounds * decay + timer.rounds
+            self._busy_rounds = self._busy_rounds * decay + timer.busy_rounds
             timer.feed_s = 0.0
-            timer.other_s = 0.0
+            timer.rounds = 0
+            timer.busy_rounds = 0
 
-            others_busy = self._other_s > OTHERS_BUSY_SHARE * self._wall_s
+            # Others that run in most rounds are busy; ingestion under load
+            # does. Their step times would not tell: feeds that take the
+            # loop shrink them.
+            others_busy = self._busy_rounds > BUSY_ROUNDS_SHARE * self._rounds
             if others_busy and self._feed_s > self.share * self._wall_s:
                 # Over the share while others need the loop: nobody starts
                 # a turn, and the loop is left to others for a moment.

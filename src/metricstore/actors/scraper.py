@@ -24,6 +24,7 @@ import trio
 
 from metricstore.errors import MetricstoreError, ValidationError
 from metricstore.exposition import ExpositionError, ParsedScrape, parse_exposition
+from metricstore.log_throttle import LogThrottle
 from metricstore.models import DEFAULT_LIMITS, Limits, MetricValue, validate_series
 from metricstore.times import ms_to_datetime
 
@@ -247,25 +248,6 @@ class _ScrapeError(Exception):
     """A failed scrape, whose message is logged as the reason."""
 
 
-class _LogThrottle:
-    """Admits one event per period and counts the events held back in between."""
-
-    def __init__(self, period_s: float = LOG_PERIOD_S) -> None:
-        self._period_s = period_s
-        self._next_allowed = -math.inf
-        self._held_back = 0
-
-    def admit(self, now: float) -> int | None:
-        """Return the number of events held back since the last admitted one, or None."""
-        if now < self._next_allowed:
-            self._held_back += 1
-            return None
-        held_back = self._held_back
-        self._held_back = 0
-        self._next_allowed = now + self._period_s
-        return held_back
-
-
 class _TargetScraper:
     """The scrape loop and log state of one target."""
 
@@ -286,12 +268,12 @@ class _TargetScraper:
         self.limits = limits
         self.consecutive_failures = 0
         self.failure_reported = False
-        self.failure_log = _LogThrottle()
-        self.skipped_log = _LogThrottle()
+        self.failure_log = LogThrottle(LOG_PERIOD_S)
+        self.skipped_log = LogThrottle(LOG_PERIOD_S)
         self.skipped_since_log = 0
-        self.rejected_log = _LogThrottle()
+        self.rejected_log = LogThrottle(LOG_PERIOD_S)
         self.rejected_since_log = 0
-        self.store_error_log = _LogThrottle()
+        self.store_error_log = LogThrottle(LOG_PERIOD_S)
 
     async def run(self, interval_s: float) -> None:
         next_start = trio.current_time()

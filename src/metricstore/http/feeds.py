@@ -31,6 +31,7 @@ from metricstore.http.wire import (
     loads_json,
     loads_msgpack,
 )
+from metricstore.log_throttle import LogThrottle
 from metricstore.models import DEFAULT_LIMITS, METRIC_NAME_RE, SeriesKey
 from metricstore.storage.base import check_aggregation
 from metricstore.storage.matchers import Matcher, equality_matchers
@@ -46,6 +47,8 @@ logger = logging.getLogger("metricstore.http.feeds")
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_SLOW = 1008
 CLOSE_TRY_LATER = 1013
+# At most one warning about disconnected subscribers per this many seconds.
+DISCONNECT_LOG_PERIOD_S = 10.0
 # Seconds after a snapshot during which new samples are checked against it
 # one by one. A sample stored while the snapshot was read reaches the feed
 # within milliseconds; after this, samples go out in their shared encoding.
@@ -402,13 +405,19 @@ def create_feeds_blueprint(
         if telemetry is not None:
             telemetry.websocket_connections.labels(endpoint).inc(delta)
 
+    disconnect_log = LogThrottle(DISCONNECT_LOG_PERIOD_S)
+
     def on_closed(peer: object, buffer: FeedBuffer, reason: str) -> None:
         if not buffer.too_slow:
             logger.debug("closing feed of %s: %s", peer, reason)
             return
-        logger.warning("disconnecting subscriber %s: %s", peer, reason)
         if telemetry is not None:
             telemetry.feed_disconnects.inc()
+        # An overloaded server may close many feeds at once.
+        held_back = disconnect_log.admit(trio.current_time())
+        if held_back is not None:
+            unlogged = f" ({held_back} earlier disconnects not logged)" if held_back else ""
+            logger.warning("disconnecting subscriber %s: %s%s", peer, reason, unlogged)
 
     @blueprint.websocket("/ws/subscribe")
     async def subscribe() -> None:
@@ -449,7 +458,10 @@ def create_feeds_blueprint(
         # it) until the client reads again.
         await connection.close_all()
         connection.closed = True
-        code = CLOSE_TOO_SLOW if buffer.too_slow else CLOSE_GOING_AWAY
+        if buffer.server_busy:
+            code = CLOSE_TRY_LATER
+        else:
+            code = CLOSE_TOO_SLOW if buffer.too_slow else CLOSE_GOING_AWAY
         async with connection.send_lock:
             await websocket.close(code, reason[:120])
         scope.cancel()
@@ -500,7 +512,11 @@ async def _write(connection: _FeedConnection) -> None:
                 await buffer.wait()
                 # Samples stored while this connection waits for its turn
                 # join the same frames.
-                await connection.gate.admit()
+                buffer.waiting_for_turn = True
+                try:
+                    await connection.gate.admit()
+                finally:
+                    buffer.waiting_for_turn = False
                 await connection.deliver(buffer.take())
     except FeedClosed:
         return
