@@ -168,26 +168,41 @@ def test_gate_rejects_bad_limits() -> None:
 
 
 async def test_duty_cycle_rests_for_its_share(autojump_clock: trio.testing.MockClock) -> None:
-    busy_times = iter([0.0, 0.004, 1.0, 1.001])
-    duty = DutyCycle(0.2, timer=lambda: next(busy_times))
+    clock = SteppedClock()
+    duty = DutyCycle(0.2, timer=clock)
     with duty.busy():
-        pass
+        clock.now += 0.004
     with duty.busy():
-        pass
+        clock.now += 0.001
     started = trio.current_time()
     await duty.rest()
-    # 5 ms busy at a 20% share owes 20 ms of rest.
+    # Busy all the time so far: 5 ms busy at a 20% share owes 20 ms of rest.
     assert trio.current_time() - started == pytest.approx(0.020)
     started = trio.current_time()
     await duty.rest()
     assert trio.current_time() == started
 
 
+async def test_duty_cycle_light_work_does_not_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = SteppedClock()
+    duty = DutyCycle(0.2, timer=clock)
+    for _ in range(20):
+        # 1 ms of work every 100 ms: 1% busy.
+        clock.now += 0.099
+        with duty.busy():
+            clock.now += 0.001
+        started = trio.current_time()
+        await duty.rest()
+        assert trio.current_time() == started
+
+
 async def test_duty_cycle_rest_is_capped(autojump_clock: trio.testing.MockClock) -> None:
-    busy_times = iter([0.0, 2.0])
-    duty = DutyCycle(0.1, timer=lambda: next(busy_times), max_rest_s=0.5)
+    clock = SteppedClock()
+    duty = DutyCycle(0.1, timer=clock, max_rest_s=0.5)
     with duty.busy():
-        pass
+        clock.now += 2.0
     started = trio.current_time()
     await duty.rest()
     # 2 s busy at 10% would owe 18 s of rest.

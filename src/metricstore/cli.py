@@ -166,15 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--feed-sends-per-round",
         type=int,
         default=_FEED_DEFAULTS.sends_per_round,
-        help="live-feed sample frames all connections together may start per round of the "
-        "event loop; lower leaves more of a busy server to ingestion (default %(default)s)",
+        help="live-feed connections that may start sending per round of the event loop "
+        "(default %(default)s)",
     )
     serve.add_argument(
         "--feed-share",
         type=float,
         default=_FEED_DEFAULTS.feed_share,
-        help="share of a busy event loop that live-feed writers get at least, as a fraction "
-        "in (0, 1]; they also take any time nothing else wants (default %(default)s)",
+        help="share of the event loop that live-feed writers are held to while the rest of "
+        "the server is busy, as a fraction in (0, 1]; otherwise they take what they need "
+        "(default %(default)s)",
     )
     serve.add_argument(
         "--feed-hub-share",

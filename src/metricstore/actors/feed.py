@@ -98,7 +98,7 @@ class FeedBuffer:
         self.too_slow = False
         # Set by the connection while it waits for the server to give it a
         # turn: lag that builds up meanwhile is the server's, not the
-        # subscriber's, and the close says so.
+        # subscriber's, and the close reason states that.
         self.waiting_for_turn = False
         self.server_busy = False
 

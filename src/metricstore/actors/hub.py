@@ -7,9 +7,9 @@ FeedBuffer, which never blocks either, so ingestion never waits for a
 subscriber.
 
 Feeds and ingestion share the thread's CPU, so the hub keeps to a duty
-cycle (``pacing.DutyCycle``) while batches keep coming: when more are
-queued after a step, it rests in proportion to the time the step took,
-and the batches stored meanwhile are matched together in its next step.
+cycle (``pacing.DutyCycle``): when it was busy more than its share of the
+recent time, it rests in proportion to the time its step took, and the
+batches stored meanwhile are matched together in its next step.
 Matching costs numpy work per stored sample and Python work per selector
 that matched something, not per selector and sample: each metric keeps,
 per series, the list of selectors that match it.
@@ -265,13 +265,7 @@ class HubActor:
                             break
                     with self._duty.busy():
                         await self._handle_all(envelopes)
-                    # Resting only pays off when batches keep coming: it lets
-                    # them queue and be matched together. An idle hub takes
-                    # the next batch at once.
-                    if inbox.statistics().current_buffer_used:
-                        await self._duty.rest()
-                    else:
-                        self._duty.forgive()
+                    await self._duty.rest()
                 nursery.cancel_scope.cancel()
         finally:
             for subscription in self._subscriptions.values():

@@ -10,9 +10,8 @@ thread:
   are let in a few per scheduling round. While the rest of the server is
   busy, feed tasks are held to ``share`` of the recent time; otherwise
   they take what they need.
-  Samples that wait pile up in the subscribers' buffers, which batch them
-  into fewer, larger frames and coalesce them when they pass their
-  budget.
+  Samples that wait pile up in the subscribers' buffers, so they go out
+  in fewer, larger frames, coalesced when over the buffer's budget.
 - ``DutyCycle`` keeps an actor (the hub) busy for at most ``share`` of the
   wall-clock time by resting after each busy stretch. Stored batches that
   queue meanwhile are matched together, which costs little more than
@@ -30,7 +29,7 @@ import trio
 import trio.abc
 import trio.lowlevel
 
-# Share of a busy event loop that feed tasks get at least.
+# Share of the event loop feed tasks are held to while other tasks are busy.
 DEFAULT_FEED_SHARE = 0.1
 # Seconds over which the feeds' share is measured (time constant of an
 # exponential decay).
@@ -41,7 +40,10 @@ THROTTLED_SLEEP_S = 0.001
 QUIET_ROUNDS = 10
 # Share of rounds in which other tasks (ingestion, queries, the hub) run,
 # above which they count as busy and the feeds are held to their share.
-BUSY_ROUNDS_SHARE = 0.5
+# Ingestion under load runs in a good part of the rounds, not in all: it
+# also waits for the threads that write the log and blocks, which need the
+# GIL that feed writers would hold.
+BUSY_ROUNDS_SHARE = 0.1
 
 
 class FeedTimer(trio.abc.Instrument):
@@ -92,9 +94,9 @@ class SendGate:
     before each turn (taking and sending what its buffer has). When few
     turns are requested, they pass at once. When more than ``per_round``
     are requested in one scheduling round, a pacer lets them in, at most
-    ``per_round`` per round. While other tasks run in most rounds, it lets
-    them in only while feed tasks used less than ``share`` of the recent
-    time.
+    ``per_round`` per round. While other tasks run in more than
+    BUSY_ROUNDS_SHARE of the rounds, it lets them in only while feed tasks
+    used less than ``share`` of the recent time.
 
     The pacer is a trio system task of the run that first waited, so it
     ends with that run. A caller in a later run (as in tests) starts a new
@@ -131,7 +133,7 @@ class SendGate:
         self._wall_s = 0.0
         self._last = clock()
         # Callers that had to wait for a later round, and rounds in which
-        # the pacer let nobody in because feeds were over their share.
+        # the pacer admitted no caller because feeds were over their share.
         self.deferred = 0
         self.throttled_rounds = 0
 
@@ -195,13 +197,12 @@ class SendGate:
             timer.rounds = 0
             timer.busy_rounds = 0
 
-            # Others that run in most rounds are busy; ingestion under load
-            # does. Their step times would not tell: feeds that take the
-            # loop shrink them.
+            # Others that run in many rounds are busy. Their step times would
+            # not tell: feeds that take the loop shrink them.
             others_busy = self._busy_rounds > BUSY_ROUNDS_SHARE * self._rounds
             if others_busy and self._feed_s > self.share * self._wall_s:
-                # Over the share while others need the loop: nobody starts
-                # a turn, and the loop is left to others for a moment.
+                # Over the share while others need the loop: no turn starts,
+                # and the loop is left to others for a moment.
                 self._admitted = self.per_round
                 self.throttled_rounds += 1
                 await trio.sleep(self.throttled_sleep_s)
@@ -215,18 +216,22 @@ class SendGate:
         self._admitted = 0
 
 
-# The longest rest, in seconds.
+# Maximum rest after one busy stretch, in seconds.
 MAX_REST_S = 0.5
+# Seconds over which an actor's busy share is measured (time constant of
+# an exponential decay).
+DUTY_WINDOW_S = 1.0
 
 
 class DutyCycle:
     """Tells an actor how long to rest so its busy time stays within ``share``.
 
     Wrap each busy stretch in ``busy()`` and call ``rest()`` before taking
-    the next piece of work. ``timer`` measures the busy time in seconds.
-    A rest lasts at most ``max_rest_s``, so a rare long stretch (such as
-    matching a thousand new subscriptions) does not stall the actor for ten
-    times as long.
+    the next piece of work. An actor busy less than ``share`` of the recent
+    time does not rest, so light work is not delayed; one over it rests in
+    proportion to its busy time, at most ``max_rest_s`` at a time, so a
+    rare long stretch (such as matching a thousand new subscriptions) does
+    not stall it for ten times as long. ``timer`` reads seconds.
     """
 
     def __init__(
@@ -241,6 +246,10 @@ class DutyCycle:
         self.max_rest_s = max_rest_s
         self._timer = timer
         self._owed_s = 0.0
+        # Decayed busy time and wall time, and when they were last updated.
+        self._busy_s = 0.0
+        self._wall_s = 0.0
+        self._last = timer()
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -250,14 +259,16 @@ class DutyCycle:
             yield
         finally:
             busy_s = self._timer() - started
+            self._busy_s += busy_s
             self._owed_s += busy_s * (1.0 - self.share) / self.share
 
-    def forgive(self) -> None:
-        """Drop the rest owed so far, when there is no work waiting for it to batch."""
-        self._owed_s = 0.0
-
     async def rest(self) -> None:
-        """Sleep off the rest owed for the busy time since the last rest."""
+        """Sleep off the rest owed since the last rest, if the actor is over its share."""
+        now = self._timer()
+        decay = math.exp(-(now - self._last) / DUTY_WINDOW_S)
+        self._busy_s *= decay
+        self._wall_s = self._wall_s * decay + (now - self._last)
+        self._last = now
         owed, self._owed_s = min(self._owed_s, self.max_rest_s), 0.0
-        if owed > 0.0:
+        if owed > 0.0 and self._busy_s > self.share * self._wall_s:
             await trio.sleep(owed)

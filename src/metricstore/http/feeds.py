@@ -91,8 +91,8 @@ class FeedLimits:
     max_lag_s: float = 10.0
     heartbeat_s: float = 15.0
     # Connections that may start sending per round of the event loop, and
-    # the share of a busy loop that feed writers get at least (they take
-    # any time nothing else wants).
+    # the share of the loop feed writers are held to while the rest of the
+    # server is busy.
     sends_per_round: int = 8
     feed_share: float = DEFAULT_FEED_SHARE
 
