@@ -40,10 +40,12 @@ THROTTLED_SLEEP_S = 0.001
 QUIET_ROUNDS = 10
 # Share of rounds in which other tasks (ingestion, queries, the hub) run,
 # above which they count as busy and the feeds are held to their share.
-# Ingestion under load runs in a good part of the rounds, not in all: it
-# also waits for the threads that write the log and blocks, which need the
-# GIL that feed writers would hold.
-BUSY_ROUNDS_SHARE = 0.1
+# NOTE: a heuristic. Ingestion under load also waits for the threads that
+# write the log and blocks, and feed writers holding the GIL slow those
+# down; a tenth instead of a half protected it better, but held back
+# feeds to 1,000 subscribers of an otherwise idle server (see
+# docs/benchmarks.md, Live feeds).
+BUSY_ROUNDS_SHARE = 0.5
 
 
 class FeedTimer(trio.abc.Instrument):
@@ -197,7 +199,7 @@ class SendGate:
             timer.rounds = 0
             timer.busy_rounds = 0
 
-            # Others that run in many rounds are busy. Their step times would
+            # Others that run in most rounds are busy. Their step times would
             # not tell: feeds that take the loop shrink them.
             others_busy = self._busy_rounds > BUSY_ROUNDS_SHARE * self._rounds
             if others_busy and self._feed_s > self.share * self._wall_s:
