@@ -83,7 +83,7 @@ async def test_gate_waiter_cancelled_leaves_others() -> None:
 
 
 class SteppedClock:
-    """A clock that moves only when a test task says it spent time."""
+    """A clock that moves only when a test task adds the time it spent."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -98,7 +98,7 @@ class SteppedClock:
         # Ingestion busy: the feeds are held to their share.
         (0.2, 0.004, 0.15, 0.26),
         # Unpaced, 8 writers of 1 ms against 4 ms of ingestion per round
-        # would take 8 / 12 of the time; a turn takes two rounds here.
+        # would take 8 / 12 of the time. A turn takes two rounds here.
         (1.0, 0.004, 0.45, 0.75),
     ],
 )
