@@ -13,9 +13,9 @@ thread:
   Samples that wait pile up in the subscribers' buffers, so they go out
   in fewer, larger frames, coalesced when over the buffer's budget.
 - ``DutyCycle`` keeps an actor (the hub) busy for at most ``share`` of the
-  wall-clock time by resting after each busy stretch. Stored batches that
-  queue meanwhile are matched together, which costs little more than
-  matching one.
+  wall-clock time: when it is over, it rests after each busy stretch.
+  Stored batches that queue meanwhile are matched together, which costs
+  little more than matching one.
 """
 
 from __future__ import annotations
