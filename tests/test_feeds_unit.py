@@ -100,6 +100,16 @@ async def test_buffer_coalesces_newest(autojump_clock: trio.testing.MockClock) -
     assert buffer.total_dropped == 3
 
 
+async def test_buffer_requeue_goes_first() -> None:
+    buffer = FeedBuffer(max_samples=100, max_lag_s=5)
+    push(buffer, [1], [20])
+    held = FeedSamples([key(n="1")], np.array([1]), np.array([10]), np.array([10.0]))
+    buffer.requeue("s", [held])
+    batch = buffer.take()
+    assert [piece.timestamps.tolist() for piece in batch.samples["s"]] == [[10], [20]]
+    assert buffer.size == 0
+
+
 async def test_buffer_closes_when_behind(autojump_clock: trio.testing.MockClock) -> None:
     buffer = FeedBuffer(max_samples=2, max_lag_s=5)
     push(buffer, [1, 2, 3], [1, 2, 3])

@@ -116,6 +116,14 @@ class FeedBuffer:
             self._check_lag()
         self._ready.set()
 
+    def requeue(self, subscription: str, pieces: list[FeedSamples]) -> None:
+        """Put pieces taken earlier back, ahead of the subscription's pending ones."""
+        if self.closed_reason is not None or not pieces:
+            return
+        self._pending[subscription] = pieces + self._pending.get(subscription, [])
+        self._size += sum(piece.size for piece in pieces)
+        self._ready.set()
+
     def drop(self, subscription: str, count: int) -> None:
         """Record samples lost before they reached this buffer."""
         if count > 0 and self.closed_reason is None:

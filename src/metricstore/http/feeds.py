@@ -187,7 +187,9 @@ class _FeedConnection:
         subscription.filter_until = trio.current_time() + SNAPSHOT_FILTER_S
         held = subscription.held or []
         subscription.held = None
-        await self.send_samples(request_.name, held)
+        # The writer task sends them, ahead of anything stored since, so the
+        # subscription's samples keep their order.
+        self.buffer.requeue(request_.name, held)
 
     async def unsubscribe(self, message: dict[str, Any]) -> None:
         name = message.get("id")
