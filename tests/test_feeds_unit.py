@@ -364,3 +364,22 @@ async def test_buffer_coalesce_like_model(pieces: list[list[int]], budget: int) 
         key(n=str(s)) for s, _ in expected
     ]
     assert batch.dropped.get("s", 0) == len(offered) - len(expected)
+
+
+async def test_hub_survives_bad_messages(autojump_clock: trio.testing.MockClock) -> None:
+    index_mailbox, index_inbox = trio.open_memory_channel[Envelope](8)
+    hub_mailbox, hub_inbox = trio.open_memory_channel[Envelope](8)
+    buffer = FeedBuffer(1000, 60)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(IndexActor(SeriesIndex(), 1).run, index_inbox)
+        nursery.start_soon(HubActor(index_mailbox).run, hub_inbox)
+        # A subscribe without its buffer attached fails inside the hub.
+        subscribe = {"type": "subscribe", "name": "m", "metric": "cpu", "matchers": []}
+        answer = await send_request(hub_mailbox, subscribe)
+        assert answer == {"error": "internal error in the subscription hub"}
+        # The hub carries on with the next request.
+        answer = await send_request(hub_mailbox, subscribe, attachment=buffer)
+        assert answer == {"token": 1}
+        assert await send_request(hub_mailbox, {"type": "stats"}) == {"subscriptions": 1}
+        await hub_mailbox.aclose()

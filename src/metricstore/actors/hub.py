@@ -219,8 +219,8 @@ class HubActor:
     attachment and gets back a token for ``unsubscribe``. The hub requests
     from the index the keys of series ids it has not seen. ``clock`` returns Unix
     seconds and decides when rollup buckets have ended. ``share`` is the
-    max share of the thread's time the hub spends matching while batches keep
-    coming.
+    max share of the thread's time the hub spends matching; over it, the
+    hub rests between steps.
     """
 
     def __init__(
@@ -274,24 +274,31 @@ class HubActor:
         logger.debug("hub stopped")
 
     async def _handle_all(self, envelopes: list[Envelope]) -> None:
+        # Feeds are best effort: a bad message or batch costs its own
+        # delivery, never the hub and with it the server.
         stored: list[Message] = []
         for envelope in envelopes:
             try:
                 message = unpack(envelope.payload)
-                if message["type"] == "stored":
-                    stored.append(message)
-                    continue
-                # Control messages keep their place after the batches
-                # stored before them.
-                await self._deliver(stored)
-                stored = []
+            except Exception:
+                logger.exception("hub could not decode a message")
+                await reply(envelope, {"error": "internal error in the subscription hub"})
+                continue
+            if message.get("type") == "stored":
+                stored.append(message)
+                continue
+            # Control messages keep their place after the batches stored
+            # before them.
+            await self._deliver_logged(stored)
+            stored = []
+            try:
                 await self._handle(envelope, message)
             except Exception:
-                # Feeds are best effort: a bad message costs its own
-                # delivery, never the hub and with it the server.
-                logger.exception("hub failed to handle a message")
-                stored = []
+                logger.exception("hub failed to handle a %r message", message.get("type"))
                 await reply(envelope, {"error": "internal error in the subscription hub"})
+        await self._deliver_logged(stored)
+
+    async def _deliver_logged(self, stored: list[Message]) -> None:
         try:
             await self._deliver(stored)
         except Exception:
