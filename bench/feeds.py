@@ -1352,6 +1352,34 @@ def run_throughput(args: argparse.Namespace, subscribers: int) -> dict[str, Any]
     return report
 
 
+def merge_throughput(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine the reports of one subscriber count from several rounds into one."""
+    if len(reports) == 1:
+        return reports[0]
+    runs = [run for report in reports for run in report["runs"]]
+    rates = [run["samples_per_s"] for run in runs if not run["warmup"]]
+    merged = dict(reports[-1])
+    merged.update(
+        runs=runs,
+        rounds=len(reports),
+        clean=all(report["clean"] for report in reports),
+        median_samples_per_s=median(rates),
+        min_samples_per_s=min(rates, default=0.0),
+        max_samples_per_s=max(rates, default=0.0),
+        overall_samples_per_s=sum(report["accepted"] for report in reports)
+        / max(1e-9, sum(report["stream_s"] for report in reports)),
+    )
+    for key in ("stream_s", "unacked_frames", "frames", "sent", "accepted", "rejected"):
+        merged[key] = sum(report[key] for report in reports)
+    for key in ("delivered", "dropped", "disconnects", "subscribed", "connect_failures"):
+        merged[key] = sum(report[key] for report in reports)
+    reasons: Counter[str] = Counter()
+    for report in reports:
+        reasons.update(report["close_reasons"])
+    merged["close_reasons"] = dict(reasons)
+    return merged
+
+
 def summarize_throughput(report: dict[str, Any]) -> str:
     lines = [
         f"throughput, {report['subscribers']:>5} subscribers: median "
@@ -1471,7 +1499,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="metric: every subscriber takes --metric (1 in 10 series); pod: subscriber i "
         "takes --metric of one pod only (1 series, 1,000 distinct selectors)",
     )
-    throughput.add_argument("--runs", type=int, default=5, help="timed runs per count")
+    throughput.add_argument("--runs", type=int, default=5, help="timed runs per count and round")
+    throughput.add_argument(
+        "--throughput-rounds",
+        type=int,
+        default=1,
+        help="rounds; each runs every subscriber count once, with a fresh server, and the "
+        "summary takes the median over the runs of all rounds",
+    )
     throughput.add_argument(
         "--subscriber-nice",
         type=int,
@@ -1506,6 +1541,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--series must be a multiple of {len(METRIC_NAMES)}, at least 10")
     if args.window < 1 or args.max_frames < 1:
         parser.error("--window and --max-frames >= 1")
+    if args.throughput_rounds < 1:
+        parser.error(f"--throughput-rounds must be at least 1, not {args.throughput_rounds}")
     return args
 
 
@@ -1564,10 +1601,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(summarize_latency(report), flush=True)
                 latency.setdefault(count, []).append(report)
     if args.part in ("throughput", "all"):
-        for count in args.throughput_subscribers:
-            report = run_throughput(args, count)
-            print(summarize_throughput(report), flush=True)
-            throughput[count] = report
+        # Rounds alternate the subscriber counts, each with a fresh server,
+        # so a drift of the machine's speed hits every count alike.
+        rounds: dict[int, list[dict[str, Any]]] = {}
+        for _ in range(args.throughput_rounds):
+            for count in args.throughput_subscribers:
+                report = run_throughput(args, count)
+                print(summarize_throughput(report), flush=True)
+                rounds.setdefault(count, []).append(report)
+        throughput = {count: merge_throughput(reports) for count, reports in rounds.items()}
 
     print("\nsummary (medians over rounds or runs; sums of drops and disconnects):")
     if latency:
