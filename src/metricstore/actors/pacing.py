@@ -46,10 +46,12 @@ QUIET_ROUNDS = 10
 # feeds to 1,000 subscribers of an otherwise idle server (see
 # docs/benchmarks.md, Live feeds).
 BUSY_ROUNDS_SHARE = 0.5
+# Share of the time other tasks take, above which they count as busy too.
+OTHERS_BUSY_SHARE = 0.2
 
 
 class FeedTimer(trio.abc.Instrument):
-    """Measures the time feed tasks run, and how many rounds other tasks ran in.
+    """Measures the time feed tasks and other tasks run, and the rounds others ran in.
 
     Installed only while the gate is pacing, because trio calls it around
     every task step (about 1 us a step on this project's benchmark
@@ -66,6 +68,7 @@ class FeedTimer(trio.abc.Instrument):
         self.pacer = pacer
         self.clock = clock
         self.feed_s = 0.0
+        self.other_s = 0.0
         self.rounds = 0
         self.busy_rounds = 0
         self._others_stepped = False
@@ -80,6 +83,7 @@ class FeedTimer(trio.abc.Instrument):
         if task in self.feed_tasks:
             self.feed_s += self.clock() - self._step_started
         elif task is not self.pacer:
+            self.other_s += self.clock() - self._step_started
             self._others_stepped = True
 
     def before_io_wait(self, timeout: float) -> None:
@@ -96,7 +100,8 @@ class SendGate:
     before each turn (taking and sending what its buffer has). When few
     turns are requested, they pass at once. When more than ``per_round``
     are requested in one scheduling round, a pacer lets them in, at most
-    ``per_round`` per round. While other tasks run in more than
+    ``per_round`` per round. While other tasks take more than
+    OTHERS_BUSY_SHARE of the recent time or run in more than
     BUSY_ROUNDS_SHARE of the rounds, it lets them in only while feed tasks
     used less than ``share`` of the recent time.
 
@@ -126,10 +131,11 @@ class SendGate:
         self._wake_pacer = trio.Event()
         self._pacer_run: trio.lowlevel.TrioToken | None = None
         self._tasks: set[trio.lowlevel.Task] = set()
-        # Decayed time of feed tasks and of the wall clock, decayed counts of
+        # Decayed time of feed tasks, other tasks and the wall clock, counts of
         # rounds and of rounds other tasks ran in, and when they were last
         # updated.
         self._feed_s = 0.0
+        self._other_s = 0.0
         self._rounds = 0.0
         self._busy_rounds = 0.0
         self._wall_s = 0.0
@@ -192,16 +198,22 @@ class SendGate:
             # SHARE_WINDOW_S, so the share is that of the recent past.
             decay = math.exp(-elapsed / SHARE_WINDOW_S)
             self._feed_s = self._feed_s * decay + timer.feed_s
+            self._other_s = self._other_s * decay + timer.other_s
             self._wall_s = self._wall_s * decay + elapsed
             self._rounds = self._rounds * decay + timer.rounds
             self._busy_rounds = self._busy_rounds * decay + timer.busy_rounds
             timer.feed_s = 0.0
+            timer.other_s = 0.0
             timer.rounds = 0
             timer.busy_rounds = 0
 
-            # Others that run in most rounds are busy. Their step times would
-            # not tell: feeds that take the loop shrink them.
-            others_busy = self._busy_rounds > BUSY_ROUNDS_SHARE * self._rounds
+            # Others are busy when they take a good share of the time, or
+            # when they run in most rounds: feeds that take the loop shrink
+            # the time starved others get, not the rounds they want.
+            others_busy = (
+                self._other_s > OTHERS_BUSY_SHARE * self._wall_s
+                or self._busy_rounds > BUSY_ROUNDS_SHARE * self._rounds
+            )
             if others_busy and self._feed_s > self.share * self._wall_s:
                 # Over the share while others need the loop: no turn starts,
                 # and the loop is left to others for a moment.
