@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from helpers import Clock
 from metricstore.actors.pacing import DutyCycle, SendGate
 
 
@@ -82,16 +83,6 @@ async def test_gate_waiter_cancelled_leaves_others() -> None:
     assert admitted == ["b"]
 
 
-class SteppedClock:
-    """A clock that moves only when a test task adds the time it spent."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize(
     ("share", "ingest_step_s", "low", "high"),
     [
@@ -105,7 +96,7 @@ class SteppedClock:
 async def test_gate_keeps_feeds_to_share(
     share: float, ingest_step_s: float, low: float, high: float
 ) -> None:
-    clock = SteppedClock()
+    clock = Clock(0.0)
     gate = SendGate(per_round=8, share=share, clock=clock, throttled_sleep_s=0)
     turns = [0]
     measured: list[float] = []
@@ -138,7 +129,7 @@ async def test_gate_keeps_feeds_to_share(
 
 
 async def test_gate_lets_feeds_use_idle_loop() -> None:
-    clock = SteppedClock()
+    clock = Clock(0.0)
     gate = SendGate(per_round=2, share=0.1, clock=clock, throttled_sleep_s=0)
     turns = [0]
 
@@ -168,7 +159,7 @@ def test_gate_rejects_bad_limits() -> None:
 
 
 async def test_duty_cycle_rests_for_its_share(autojump_clock: trio.testing.MockClock) -> None:
-    clock = SteppedClock()
+    clock = Clock(0.0)
     duty = DutyCycle(0.2, timer=clock)
     with duty.busy():
         clock.now += 0.004
@@ -186,7 +177,7 @@ async def test_duty_cycle_rests_for_its_share(autojump_clock: trio.testing.MockC
 async def test_duty_cycle_light_work_does_not_rest(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    clock = SteppedClock()
+    clock = Clock(0.0)
     duty = DutyCycle(0.2, timer=clock)
     for _ in range(20):
         # 1 ms of work every 100 ms: 1% busy.
@@ -199,7 +190,7 @@ async def test_duty_cycle_light_work_does_not_rest(
 
 
 async def test_duty_cycle_rest_is_capped(autojump_clock: trio.testing.MockClock) -> None:
-    clock = SteppedClock()
+    clock = Clock(0.0)
     duty = DutyCycle(0.1, timer=clock, max_rest_s=0.5)
     with duty.busy():
         clock.now += 2.0

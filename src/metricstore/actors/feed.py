@@ -175,9 +175,10 @@ class FeedBuffer:
                 self._dropped[subscription] = self._dropped.get(subscription, 0) + dropped
                 self.total_dropped += dropped
             # Keys are looked up for the kept samples only, in their pieces.
-            ends = np.cumsum([piece.size for piece in pieces])
+            sizes = np.array([piece.size for piece in pieces])
+            ends = np.cumsum(sizes)
             piece_of = np.searchsorted(ends, keep, side="right")
-            offsets = keep - (ends - [piece.size for piece in pieces])[piece_of]
+            offsets = keep - (ends - sizes)[piece_of]
             keys = [
                 pieces[index].keys[offset]
                 for index, offset in zip(piece_of.tolist(), offsets.tolist(), strict=True)

@@ -42,12 +42,35 @@ QUIET_ROUNDS = 10
 # above which they count as busy and the feeds are held to their share.
 # NOTE: a heuristic. Ingestion under load also waits for the threads that
 # write the log and blocks, and feed writers holding the GIL slow those
-# down; a tenth instead of a half protected it better, but held back
-# feeds to 1,000 subscribers of an otherwise idle server (see
-# docs/benchmarks.md, Live feeds).
+# down. A tenth instead of a half protected it better, but held back feeds
+# to 1,000 subscribers of an otherwise idle server (docs/benchmarks.md,
+# Live feeds).
 BUSY_ROUNDS_SHARE = 0.5
 # Share of the time other tasks take, above which they count as busy too.
 OTHERS_BUSY_SHARE = 0.2
+
+
+class RecentWindow:
+    """Wall time of the recent past, and the factor that ages totals kept beside it.
+
+    Totals decay exponentially with the time constant ``window_s``, so a
+    ratio of two of them is that of the last few ``window_s``.
+    """
+
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+        self.window_s = window_s
+        self.wall_s = 0.0
+        self._clock = clock
+        self._last = clock()
+
+    def advance(self) -> float:
+        """Add the time since the last call to ``wall_s``; return the decay factor for it."""
+        now = self._clock()
+        elapsed = now - self._last
+        self._last = now
+        decay = math.exp(-elapsed / self.window_s)
+        self.wall_s = self.wall_s * decay + elapsed
+        return decay
 
 
 class FeedTimer(trio.abc.Instrument):
@@ -131,15 +154,13 @@ class SendGate:
         self._wake_pacer = trio.Event()
         self._pacer_run: trio.lowlevel.TrioToken | None = None
         self._tasks: set[trio.lowlevel.Task] = set()
-        # Decayed time of feed tasks, other tasks and the wall clock, counts of
-        # rounds and of rounds other tasks ran in, and when they were last
-        # updated.
+        # Decayed time of feed tasks and of other tasks, and decayed counts
+        # of rounds and of rounds other tasks ran in.
+        self._window = RecentWindow(SHARE_WINDOW_S, clock)
         self._feed_s = 0.0
         self._other_s = 0.0
         self._rounds = 0.0
         self._busy_rounds = 0.0
-        self._wall_s = 0.0
-        self._last = clock()
         # Callers that had to wait for a later round, and rounds in which
         # the pacer admitted no caller because feeds were over their share.
         self.deferred = 0
@@ -191,15 +212,10 @@ class SendGate:
     async def _pace_while_waited(self, timer: FeedTimer) -> None:
         quiet_rounds = 0
         while quiet_rounds < QUIET_ROUNDS:
-            now = self._clock()
-            elapsed = now - self._last
-            self._last = now
-            # Feed time and wall time decay with a time constant of
-            # SHARE_WINDOW_S, so the share is that of the recent past.
-            decay = math.exp(-elapsed / SHARE_WINDOW_S)
+            decay = self._window.advance()
+            wall_s = self._window.wall_s
             self._feed_s = self._feed_s * decay + timer.feed_s
             self._other_s = self._other_s * decay + timer.other_s
-            self._wall_s = self._wall_s * decay + elapsed
             self._rounds = self._rounds * decay + timer.rounds
             self._busy_rounds = self._busy_rounds * decay + timer.busy_rounds
             timer.feed_s = 0.0
@@ -211,10 +227,10 @@ class SendGate:
             # when they run in most rounds: feeds that take the loop shrink
             # the time starved others get, not the rounds they want.
             others_busy = (
-                self._other_s > OTHERS_BUSY_SHARE * self._wall_s
+                self._other_s > OTHERS_BUSY_SHARE * wall_s
                 or self._busy_rounds > BUSY_ROUNDS_SHARE * self._rounds
             )
-            if others_busy and self._feed_s > self.share * self._wall_s:
+            if others_busy and self._feed_s > self.share * wall_s:
                 # Over the share while others need the loop: no turn starts,
                 # and the loop is left to others for a moment.
                 self._admitted = self.per_round
@@ -242,10 +258,10 @@ class DutyCycle:
 
     Wrap each busy stretch in ``busy()`` and call ``rest()`` before taking
     the next piece of work. An actor busy less than ``share`` of the recent
-    time does not rest, so light work is not delayed; one over it rests in
-    proportion to its busy time, at most ``max_rest_s`` at a time, so a
-    rare long stretch (such as matching a thousand new subscriptions) does
-    not stall it for ten times as long. ``timer`` reads seconds.
+    time does not rest, so light work is not delayed. One over it rests in
+    proportion to its busy time, at most ``max_rest_s`` at a time: a rare
+    long stretch (such as matching a thousand new subscriptions) must not
+    stall it for ten times as long. ``timer`` reads seconds.
     """
 
     def __init__(
@@ -260,10 +276,9 @@ class DutyCycle:
         self.max_rest_s = max_rest_s
         self._timer = timer
         self._owed_s = 0.0
-        # Decayed busy time and wall time, and when they were last updated.
+        # Busy time, decayed like the window's wall time.
+        self._window = RecentWindow(DUTY_WINDOW_S, timer)
         self._busy_s = 0.0
-        self._wall_s = 0.0
-        self._last = timer()
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -278,11 +293,7 @@ class DutyCycle:
 
     async def rest(self) -> None:
         """Sleep off the rest owed since the last rest, if the actor is over its share."""
-        now = self._timer()
-        decay = math.exp(-(now - self._last) / DUTY_WINDOW_S)
-        self._busy_s *= decay
-        self._wall_s = self._wall_s * decay + (now - self._last)
-        self._last = now
+        self._busy_s *= self._window.advance()
         owed, self._owed_s = min(self._owed_s, self.max_rest_s), 0.0
-        if owed > 0.0 and self._busy_s > self.share * self._wall_s:
+        if owed > 0.0 and self._busy_s > self.share * self._window.wall_s:
             await trio.sleep(owed)
